@@ -1,0 +1,809 @@
+#include "matcher/pool.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace matchd::matcher {
+namespace {
+
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
+
+// Groups with at most this many tickets get an exact team split; the search is
+// at most a few ten thousand leaves there (12 solos into 4 teams of 3).
+constexpr size_t kExactSplitMaxTickets = 12;
+
+// Node budget of one packing-feasibility search. Real queues (parties of a
+// few players) never come close; the budget only bounds pathological rules,
+// where running out makes the ticket look unpackable rather than stall the
+// event loop.
+constexpr int kPackSearchBudget = 20000;
+
+// Acceptance times further out than this are not refined to the nanosecond:
+// every ticket expires long before.
+constexpr double kMaxRefinedDelaySeconds = 1e9;
+
+bool IsFiniteNonNegative(double v) { return std::isfinite(v) && v >= 0; }
+
+}  // namespace
+
+double QueueRules::WindowAt(absl::Duration wait) const {
+  if (!rated) return kInfinity;
+  double window = initial_window;
+  // Tested separately so that an infinite wait with no widening is not NaN.
+  if (widen_per_second > 0 && wait > absl::ZeroDuration()) {
+    window += widen_per_second * absl::ToDoubleSeconds(wait);
+  }
+  if (max_window != 0) window = std::min(window, max_window);
+  return window;
+}
+
+absl::Status ValidateRules(const QueueRules& rules) {
+  auto invalid = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
+  };
+  if (rules.team_count < 1) {
+    return invalid("team_count must be >= 1, got ", rules.team_count);
+  }
+  if (rules.team_size < 1) {
+    return invalid("team_size must be >= 1, got ", rules.team_size);
+  }
+  // In 64 bits: the int product of two large counts could overflow.
+  const int64_t players = int64_t{rules.team_count} * rules.team_size;
+  if (players > QueueRules::kMaxPlayersPerMatch) {
+    return invalid("team_count * team_size must be <= ",
+                   QueueRules::kMaxPlayersPerMatch, ", got ", players);
+  }
+  if (rules.max_party_size < 1 || rules.max_party_size > rules.team_size) {
+    return invalid("max_party_size must be in 1..team_size (", rules.team_size,
+                   "), got ", rules.max_party_size);
+  }
+  if (!IsFiniteNonNegative(rules.initial_window)) {
+    return invalid("initial_window must be finite and >= 0, got ",
+                   rules.initial_window);
+  }
+  if (!IsFiniteNonNegative(rules.widen_per_second)) {
+    return invalid("widen_per_second must be finite and >= 0, got ",
+                   rules.widen_per_second);
+  }
+  if (!IsFiniteNonNegative(rules.max_window)) {
+    return invalid("max_window must be finite and >= 0, got ",
+                   rules.max_window);
+  }
+  if (rules.max_window != 0 && rules.max_window < rules.initial_window) {
+    return invalid("max_window must be 0 (no cap) or >= initial_window (",
+                   rules.initial_window, "), got ", rules.max_window);
+  }
+  if (rules.max_wait <= absl::ZeroDuration()) {
+    return invalid("max_wait must be > 0, got ",
+                   absl::FormatDuration(rules.max_wait));
+  }
+  return absl::OkStatus();
+}
+
+struct Pool::Impl {
+  struct Ticket {
+    TicketSpec spec;
+    // Generation of the ticket's live entry in `due`; 0 if it has none.
+    uint64_t due_gen = 0;
+    absl::Time due_at = absl::InfiniteFuture();
+  };
+
+  // An entry of the due heap. Entries are never removed early: one whose
+  // ticket is gone or whose generation is not the ticket's is skipped.
+  struct DueEntry {
+    absl::Time retry_at;
+    absl::Time enqueued_at;
+    TicketKey key;
+    uint64_t gen;
+  };
+  // The heap comparator: true if `a` is processed after `b`.
+  static bool DueAfter(const DueEntry& a, const DueEntry& b) {
+    return std::tie(a.retry_at, a.enqueued_at, a.key, a.gen) >
+           std::tie(b.retry_at, b.enqueued_at, b.key, b.gen);
+  }
+
+  // A ticket of the candidate group, copied so that it survives the ticket's
+  // removal while a match is committed.
+  struct Member {
+    TicketKey key;
+    int party_size;
+    double rating;
+    absl::Time enqueued_at;
+    int bin;  // team in the feasibility packing; parties of 2+ only
+  };
+
+  enum class Outcome { kNoGroup, kRejected, kAccepted };
+  struct Evaluation {
+    Outcome outcome = Outcome::kNoGroup;
+    Blocker blocker = Blocker::kNotEnoughPlayers;  // for kNoGroup
+    double spread = 0;
+    double lo = 0;  // lowest and highest rating in the group
+    double hi = 0;
+    absl::Duration mean_wait;
+    std::optional<absl::Time> acceptable_at;  // for kRejected
+  };
+
+  Impl(const QueueRules& r, PoolListener* l)
+      : rules(r), listener(l), need(r.players_per_match()) {}
+
+  // Pool helpers.
+  void Erase(TicketKey key);
+  void MarkDue(Ticket& ticket, absl::Time at);
+  void MarkChanged(double lo, double hi);
+  void PruneDueTop();
+  bool IsLive(const DueEntry& entry) const;
+  int LivePlayersAt(absl::Time now) const;
+
+  // Candidate group.
+  Evaluation Evaluate(const Ticket& anchor, absl::Time now, int live_players);
+  void ResetGroup();
+  bool TryAdd(const TicketSpec& spec);
+  bool PackSearch(size_t item, int* budget);
+  std::optional<absl::Time> AcceptableAt(double spread,
+                                         absl::Duration sum_wait,
+                                         absl::Time now) const;
+  bool AcceptedAt(double spread, absl::Duration sum_wait, int64_t nanos) const;
+
+  // Committing a match.
+  void Commit(absl::Time now, const Evaluation& evaluation);
+  void SplitTeams();
+  void SplitExact(size_t index);
+  void SplitGreedy();
+  void SplitFromPacking(bool by_rating_sum);
+  double TeamGap(const std::vector<int>& assignment);
+
+  const QueueRules rules;
+  PoolListener* const listener;
+  const int need;  // players per match
+
+  // unordered_map nodes are stable, so the indexes may point into it.
+  std::unordered_map<TicketKey, Ticket> tickets;
+  std::map<std::pair<double, TicketKey>, const Ticket*> by_rating;  // rated
+  std::map<std::pair<absl::Time, TicketKey>, const Ticket*> by_enqueue;
+  // Tickets with a finite expiry, soonest first (ties by key).
+  std::set<std::pair<absl::Time, TicketKey>> expiry;
+  std::vector<DueEntry> due;  // min-heap under DueAfter
+  uint64_t next_gen = 1;
+  int players = 0;
+
+  // Scratch, reused across evaluations so that the hot path does not
+  // allocate. Explain() uses it too: it is state of no single call.
+  std::vector<Member> group;
+  int group_players = 0;
+  std::vector<int> bin_load;       // loads of the packing, parties of 2+
+  std::vector<char> size_failed;   // party sizes refused since the last add
+  bool any_size_failed = false;
+  std::vector<int> pack_items;     // group indexes, largest party first
+  std::vector<int> pack_bins;      // bin per pack_items entry
+  std::vector<int> pack_loads;
+  std::vector<int> split_order;    // group indexes in placement order
+  std::vector<int> split_assign;   // team per group index
+  std::vector<int> split_best;
+  std::vector<int> team_load;
+  std::vector<double> team_sum;
+  double split_best_gap = 0;
+  std::vector<TicketKey> withdrawn;
+  FormedMatch match;
+};
+
+void Pool::Impl::Erase(TicketKey key) {
+  auto it = tickets.find(key);
+  if (it == tickets.end()) return;
+  const TicketSpec& spec = it->second.spec;
+  if (rules.rated) {
+    by_rating.erase({spec.rating, key});
+  } else {
+    by_enqueue.erase({spec.enqueued_at, key});
+  }
+  expiry.erase({spec.expires_at, key});
+  players -= spec.party_size;
+  tickets.erase(it);
+}
+
+void Pool::Impl::MarkDue(Ticket& ticket, absl::Time at) {
+  // An earlier pending entry covers this one: the evaluation it triggers
+  // pushes whatever retry is needed then.
+  if (ticket.due_gen != 0 && ticket.due_at <= at) return;
+  ticket.due_gen = next_gen++;
+  ticket.due_at = at;
+  due.push_back(
+      {at, ticket.spec.enqueued_at, ticket.spec.key, ticket.due_gen});
+  std::push_heap(due.begin(), due.end(), DueAfter);
+  // Superseded and removed tickets leave stale entries behind; drop them in
+  // bulk once they outnumber the live ones, keeping the heap O(tickets).
+  if (due.size() > 2 * tickets.size() + 64) {
+    due.erase(std::remove_if(due.begin(), due.end(),
+                             [this](const DueEntry& e) { return !IsLive(e); }),
+              due.end());
+    std::make_heap(due.begin(), due.end(), DueAfter);
+  }
+}
+
+// Marks due at the next Process every ticket whose group may have changed
+// because tickets with ratings in [lo, hi] arrived or left: for rated queues
+// the tickets in that range and the `need` nearest on either side; for
+// unrated ones the oldest ticket, as every group is filled oldest first.
+// Departures count too: they can let a ticket in that did not fit or was
+// further away, and so make a group possible or acceptable sooner.
+void Pool::Impl::MarkChanged(double lo, double hi) {
+  const absl::Time now = absl::InfinitePast();
+  if (!rules.rated) {
+    if (!by_enqueue.empty()) {
+      MarkDue(tickets.at(by_enqueue.begin()->first.second), now);
+    }
+    return;
+  }
+  auto first = by_rating.lower_bound({lo, 0});
+  auto down = first;
+  for (int i = 0; i < need && down != by_rating.begin(); ++i) {
+    --down;
+    MarkDue(tickets.at(down->first.second), now);
+  }
+  auto up = first;
+  for (; up != by_rating.end() && up->first.first <= hi; ++up) {
+    MarkDue(tickets.at(up->first.second), now);
+  }
+  for (int i = 0; i < need && up != by_rating.end(); ++i, ++up) {
+    MarkDue(tickets.at(up->first.second), now);
+  }
+}
+
+bool Pool::Impl::IsLive(const DueEntry& entry) const {
+  auto it = tickets.find(entry.key);
+  return it != tickets.end() && it->second.due_gen == entry.gen;
+}
+
+void Pool::Impl::PruneDueTop() {
+  while (!due.empty() && !IsLive(due.front())) {
+    std::pop_heap(due.begin(), due.end(), DueAfter);
+    due.pop_back();
+  }
+}
+
+int Pool::Impl::LivePlayersAt(absl::Time now) const {
+  int live = players;
+  for (auto it = expiry.begin(); it != expiry.end() && it->first <= now; ++it) {
+    live -= tickets.at(it->second).spec.party_size;
+  }
+  return live;
+}
+
+void Pool::Impl::ResetGroup() {
+  group.clear();
+  group_players = 0;
+  bin_load.assign(rules.team_count, 0);
+  size_failed.assign(rules.max_party_size + 1, 0);
+  any_size_failed = false;
+}
+
+// Adds `spec` to the group if its party fits the remaining slots and the
+// group's parties can still be packed into the teams. Solo players never
+// need a search: they fill whatever slots the parties leave.
+bool Pool::Impl::TryAdd(const TicketSpec& spec) {
+  const int size = spec.party_size;
+  if (size > need - group_players || size_failed[size]) return false;
+  group.push_back({spec.key, size, spec.rating, spec.enqueued_at, -1});
+  if (size > 1) {
+    // Fast path: best fit into the current packing.
+    int best = -1;
+    for (int b = 0; b < rules.team_count; ++b) {
+      if (bin_load[b] + size <= rules.team_size &&
+          (best < 0 || bin_load[b] > bin_load[best])) {
+        best = b;
+      }
+    }
+    if (best >= 0) {
+      bin_load[best] += size;
+      group.back().bin = best;
+    } else {
+      // Repack every party from scratch, largest first.
+      pack_items.clear();
+      for (size_t i = 0; i < group.size(); ++i) {
+        if (group[i].party_size > 1) pack_items.push_back(static_cast<int>(i));
+      }
+      std::stable_sort(pack_items.begin(), pack_items.end(), [&](int a, int b) {
+        return group[a].party_size > group[b].party_size;
+      });
+      pack_bins.assign(pack_items.size(), -1);
+      pack_loads.assign(rules.team_count, 0);
+      int budget = kPackSearchBudget;
+      if (!PackSearch(0, &budget)) {
+        group.pop_back();
+        // The group is unchanged, so every later party of this size would
+        // fail the same way.
+        size_failed[size] = 1;
+        any_size_failed = true;
+        return false;
+      }
+      for (size_t i = 0; i < pack_items.size(); ++i) {
+        group[pack_items[i]].bin = pack_bins[i];
+      }
+      bin_load = pack_loads;
+    }
+  }
+  group_players += size;
+  if (any_size_failed) {
+    std::fill(size_failed.begin(), size_failed.end(), 0);
+    any_size_failed = false;
+  }
+  return true;
+}
+
+bool Pool::Impl::PackSearch(size_t item, int* budget) {
+  if (item == pack_items.size()) return true;
+  if (--*budget < 0) return false;
+  const int size = group[pack_items[item]].party_size;
+  for (int b = 0; b < rules.team_count; ++b) {
+    const int load = pack_loads[b];
+    if (load + size > rules.team_size) continue;
+    // Teams with equal loads are interchangeable for the rest of the search
+    // (items come largest first), so try only the first of them.
+    bool seen = false;
+    for (int c = 0; c < b && !seen; ++c) seen = pack_loads[c] == load;
+    if (seen) continue;
+    pack_loads[b] += size;
+    pack_bins[item] = b;
+    if (PackSearch(item + 1, budget)) return true;
+    pack_loads[b] -= size;
+    if (*budget < 0) return false;
+  }
+  return false;
+}
+
+Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor,
+                                            absl::Time now, int live_players) {
+  Evaluation result;
+  ResetGroup();
+  if (live_players < need) {
+    result.blocker = Blocker::kNotEnoughPlayers;
+    return result;
+  }
+  TryAdd(anchor.spec);  // always fits: party_size <= team_size
+  // Players not yet visited; once fewer than the open slots, stop walking.
+  int unvisited = live_players - anchor.spec.party_size;
+  // Returns true when the walk should stop.
+  auto visit = [&](const TicketSpec& spec) {
+    // Only Explain() can meet such a ticket: Process() expires it first.
+    if (spec.expires_at <= now) return false;
+    unvisited -= spec.party_size;
+    TryAdd(spec);
+    return group_players == need || unvisited < need - group_players;
+  };
+
+  if (rules.rated) {
+    const double center = anchor.spec.rating;
+    auto anchor_it = by_rating.find({center, anchor.spec.key});
+    auto down = anchor_it;  // the next lower candidate is std::prev(down)
+    auto up = std::next(anchor_it);
+    while (group_players < need) {
+      const bool has_down = down != by_rating.begin();
+      const bool has_up = up != by_rating.end();
+      if (!has_down && !has_up) break;
+      bool take_down = has_down;
+      if (has_down && has_up) {
+        const TicketSpec& lo = std::prev(down)->second->spec;
+        const TicketSpec& hi = up->second->spec;
+        const double d_lo = center - lo.rating;
+        const double d_hi = hi.rating - center;
+        take_down = d_lo != d_hi
+                        ? d_lo < d_hi
+                        : std::tie(lo.enqueued_at, lo.key) <
+                              std::tie(hi.enqueued_at, hi.key);
+      }
+      const Ticket* next = take_down ? (--down)->second : (up++)->second;
+      if (visit(next->spec)) break;
+    }
+  } else {
+    for (const auto& [order, ticket] : by_enqueue) {
+      if (ticket == &anchor) continue;
+      if (visit(ticket->spec)) break;
+    }
+  }
+
+  if (group_players < need) {
+    result.blocker = Blocker::kTeamPacking;
+    return result;
+  }
+
+  absl::Duration sum_wait;
+  double lo = kInfinity;
+  double hi = -kInfinity;
+  for (const Member& m : group) {
+    sum_wait += now - m.enqueued_at;
+    lo = std::min(lo, m.rating);
+    hi = std::max(hi, m.rating);
+  }
+  result.lo = lo;
+  result.hi = hi;
+  result.spread = rules.rated ? hi - lo : 0;
+  result.mean_wait = sum_wait / static_cast<int64_t>(group.size());
+  if (!rules.rated || AcceptedAt(result.spread, sum_wait, 0)) {
+    result.outcome = Outcome::kAccepted;
+  } else {
+    result.outcome = Outcome::kRejected;
+    result.acceptable_at = AcceptableAt(result.spread, sum_wait, now);
+  }
+  return result;
+}
+
+// Whether the group is acceptable `nanos` after the time at which its waits
+// sum to `sum_wait`. Exactly the test Process applies then: the sum of waits
+// grows by group.size() * nanos with no rounding.
+bool Pool::Impl::AcceptedAt(double spread, absl::Duration sum_wait,
+                            int64_t nanos) const {
+  const int64_t n = static_cast<int64_t>(group.size());
+  const absl::Duration mean = (sum_wait + absl::Nanoseconds(nanos) * n) / n;
+  return spread <= rules.WindowAt(mean);
+}
+
+// The first nanosecond after `now` at which the group becomes acceptable, or
+// nullopt if never. The closed form gives a first guess; the answer is then
+// pinned with AcceptedAt itself so that a Process at the returned time always
+// matches and one a nanosecond earlier never does, whatever the rounding.
+std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread,
+                                                   absl::Duration sum_wait,
+                                                   absl::Time now) const {
+  if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) {
+    return std::nullopt;
+  }
+  if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
+  const int64_t n = static_cast<int64_t>(group.size());
+  const double needed_wait =
+      (spread - rules.initial_window) / rules.widen_per_second;
+  const double delay =
+      needed_wait - absl::ToDoubleSeconds(sum_wait / n);
+  if (delay > kMaxRefinedDelaySeconds) {
+    // A second early, so that rounding can never make the wakeup late.
+    return now + absl::Seconds(delay) - absl::Seconds(1);
+  }
+
+  // Invariant: not accepted at `lo`, accepted at `hi` (in ns after now).
+  // Acceptance is monotone in time: the mean wait and the window only grow.
+  int64_t guess = std::max<int64_t>(1, std::llround(std::ceil(delay * 1e9)));
+  int64_t lo = 0;
+  int64_t hi = guess;
+  if (AcceptedAt(spread, sum_wait, guess)) {
+    for (int64_t step = 1; guess - step > 0; step *= 2) {
+      if (!AcceptedAt(spread, sum_wait, guess - step)) {
+        lo = guess - step;
+        break;
+      }
+      hi = guess - step;
+    }
+  } else {
+    lo = guess;
+    for (int64_t step = 1;; step *= 2) {
+      if (step > (int64_t{1} << 61)) return std::nullopt;
+      if (AcceptedAt(spread, sum_wait, guess + step)) {
+        hi = guess + step;
+        break;
+      }
+      lo = guess + step;
+    }
+  }
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (AcceptedAt(spread, sum_wait, mid)) {
+      hi = mid;
+    } else {
+      lo = mid;
+    }
+  }
+  return now + absl::Nanoseconds(hi);
+}
+
+void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
+  withdrawn.clear();
+  for (const Member& m : group) {
+    if (!listener->StillWaiting(m.key)) withdrawn.push_back(m.key);
+  }
+  if (!withdrawn.empty()) {
+    for (TicketKey key : withdrawn) {
+      Erase(key);
+      listener->OnWithdrawn(key);
+    }
+    // The others lose nothing: they keep their enqueue times and are
+    // re-evaluated within this same Process.
+    for (const Member& m : group) {
+      auto it = tickets.find(m.key);
+      if (it != tickets.end()) MarkDue(it->second, absl::InfinitePast());
+    }
+    MarkChanged(evaluation.lo, evaluation.hi);
+    return;
+  }
+
+  SplitTeams();
+  match.teams.resize(rules.team_count);
+  for (auto& team : match.teams) team.clear();
+  // Order inside a team: larger parties first, then by key.
+  split_order.resize(group.size());
+  for (size_t i = 0; i < group.size(); ++i) split_order[i] = static_cast<int>(i);
+  std::sort(split_order.begin(), split_order.end(), [&](int a, int b) {
+    return std::make_pair(-group[a].party_size, group[a].key) <
+           std::make_pair(-group[b].party_size, group[b].key);
+  });
+  for (int i : split_order) match.teams[split_assign[i]].push_back(group[i].key);
+  match.rating_spread = evaluation.spread;
+  match.team_gap = rules.rated ? TeamGap(split_assign) : 0;
+  match.mean_wait = evaluation.mean_wait;
+  match.formed_at = now;
+  for (const Member& m : group) Erase(m.key);
+  MarkChanged(evaluation.lo, evaluation.hi);
+  listener->OnMatched(match);
+}
+
+// Highest minus lowest team mean rating under `assignment` (team per group
+// index).
+double Pool::Impl::TeamGap(const std::vector<int>& assignment) {
+  team_sum.assign(rules.team_count, 0);
+  for (size_t i = 0; i < group.size(); ++i) {
+    team_sum[assignment[i]] += group[i].rating * group[i].party_size;
+  }
+  const auto [lo, hi] = std::minmax_element(team_sum.begin(), team_sum.end());
+  return (*hi - *lo) / rules.team_size;
+}
+
+// Fills split_assign with a team per group member.
+void Pool::Impl::SplitTeams() {
+  split_assign.assign(group.size(), -1);
+  if (rules.team_count == 1) {
+    std::fill(split_assign.begin(), split_assign.end(), 0);
+    return;
+  }
+  if (!rules.rated) {
+    SplitFromPacking(/*by_rating_sum=*/false);
+    return;
+  }
+  // Placement order for both searches: big parties constrain most, and high
+  // ratings first lets the greedy balance with the small ones.
+  split_order.resize(group.size());
+  for (size_t i = 0; i < group.size(); ++i) split_order[i] = static_cast<int>(i);
+  std::sort(split_order.begin(), split_order.end(), [&](int a, int b) {
+    const Member& x = group[a];
+    const Member& y = group[b];
+    if (x.party_size != y.party_size) return x.party_size > y.party_size;
+    if (x.rating != y.rating) return x.rating > y.rating;
+    return x.key < y.key;
+  });
+  if (group.size() <= kExactSplitMaxTickets) {
+    team_load.assign(rules.team_count, 0);
+    split_best_gap = kInfinity;
+    SplitExact(0);
+    split_assign = split_best;
+  } else {
+    SplitGreedy();
+  }
+}
+
+void Pool::Impl::SplitExact(size_t index) {
+  if (index == split_order.size()) {
+    const double gap = TeamGap(split_assign);
+    if (gap < split_best_gap) {
+      split_best_gap = gap;
+      split_best = split_assign;
+    }
+    return;
+  }
+  if (split_best_gap == 0) return;
+  const Member& m = group[split_order[index]];
+  bool tried_empty = false;
+  for (int t = 0; t < rules.team_count; ++t) {
+    if (team_load[t] + m.party_size > rules.team_size) continue;
+    // Empty teams are interchangeable: trying one covers them all.
+    if (team_load[t] == 0) {
+      if (tried_empty) continue;
+      tried_empty = true;
+    }
+    team_load[t] += m.party_size;
+    split_assign[split_order[index]] = t;
+    SplitExact(index + 1);
+    team_load[t] -= m.party_size;
+  }
+}
+
+void Pool::Impl::SplitGreedy() {
+  team_load.assign(rules.team_count, 0);
+  team_sum.assign(rules.team_count, 0);
+  for (int i : split_order) {
+    const Member& m = group[i];
+    int best = -1;
+    for (int t = 0; t < rules.team_count; ++t) {
+      if (team_load[t] + m.party_size <= rules.team_size &&
+          (best < 0 || team_sum[t] < team_sum[best])) {
+        best = t;
+      }
+    }
+    if (best < 0) {
+      // The greedy painted itself into a corner; the packing found while
+      // gathering the group always works.
+      SplitFromPacking(/*by_rating_sum=*/true);
+      return;
+    }
+    team_load[best] += m.party_size;
+    team_sum[best] += m.rating * m.party_size;
+    split_assign[i] = best;
+  }
+}
+
+// Parties of 2+ go where the gathering packing put them; solo players then
+// fill the open slots: into the lowest rating sum if `by_rating_sum` (highest
+// rating first), else the first team with room in group order.
+void Pool::Impl::SplitFromPacking(bool by_rating_sum) {
+  team_load.assign(rules.team_count, 0);
+  team_sum.assign(rules.team_count, 0);
+  for (size_t i = 0; i < group.size(); ++i) {
+    const Member& m = group[i];
+    if (m.party_size == 1) continue;
+    split_assign[i] = m.bin;
+    team_load[m.bin] += m.party_size;
+    team_sum[m.bin] += m.rating * m.party_size;
+  }
+  split_order.clear();
+  for (size_t i = 0; i < group.size(); ++i) {
+    if (group[i].party_size == 1) split_order.push_back(static_cast<int>(i));
+  }
+  if (by_rating_sum) {
+    std::stable_sort(split_order.begin(), split_order.end(), [&](int a, int b) {
+      return group[a].rating > group[b].rating;
+    });
+  }
+  for (int i : split_order) {
+    int best = -1;
+    for (int t = 0; t < rules.team_count; ++t) {
+      if (team_load[t] >= rules.team_size) continue;
+      if (best < 0) {
+        best = t;
+        if (!by_rating_sum) break;
+      } else if (team_sum[t] < team_sum[best]) {
+        best = t;
+      }
+    }
+    split_assign[i] = best;
+    team_load[best] += 1;
+    team_sum[best] += group[i].rating;
+  }
+}
+
+Pool::Pool(QueueRules rules, PoolListener* listener)
+    : rules_(rules), impl_(std::make_unique<Impl>(rules_, listener)) {}
+
+Pool::~Pool() = default;
+
+absl::Status Pool::Add(const TicketSpec& ticket) {
+  if (ticket.party_size < 1 || ticket.party_size > rules_.max_party_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("party_size must be in 1..", rules_.max_party_size,
+                     ", got ", ticket.party_size));
+  }
+  // A NaN would break the rating order; an infinite enqueue time the waits.
+  if (rules_.rated && !std::isfinite(ticket.rating)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rating must be finite, got ", ticket.rating));
+  }
+  if (ticket.enqueued_at == absl::InfinitePast() ||
+      ticket.enqueued_at == absl::InfiniteFuture()) {
+    return absl::InvalidArgumentError("enqueued_at must be finite");
+  }
+  Impl& impl = *impl_;
+  auto [it, inserted] = impl.tickets.try_emplace(ticket.key);
+  if (!inserted) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("ticket ", ticket.key, " is already waiting"));
+  }
+  Impl::Ticket& added = it->second;
+  added.spec = ticket;
+  impl.players += ticket.party_size;
+  if (ticket.expires_at != absl::InfiniteFuture()) {
+    impl.expiry.insert({ticket.expires_at, ticket.key});
+  }
+  if (rules_.rated) {
+    impl.by_rating.emplace(std::make_pair(ticket.rating, ticket.key), &added);
+  } else {
+    impl.by_enqueue.emplace(std::make_pair(ticket.enqueued_at, ticket.key),
+                            &added);
+  }
+  // InfinitePast: due at the next Process, whatever its time.
+  impl.MarkDue(added, absl::InfinitePast());
+  // Older tickets may now form a better group with the newcomer than the
+  // one they were waiting on; they are evaluated first, being older.
+  impl.MarkChanged(ticket.rating, ticket.rating);
+  return absl::OkStatus();
+}
+
+bool Pool::Remove(TicketKey key) {
+  auto it = impl_->tickets.find(key);
+  if (it == impl_->tickets.end()) return false;
+  const double rating = it->second.spec.rating;
+  impl_->Erase(key);
+  impl_->MarkChanged(rating, rating);
+  return true;
+}
+
+bool Pool::Contains(TicketKey key) const { return impl_->tickets.count(key); }
+
+size_t Pool::tickets_waiting() const { return impl_->tickets.size(); }
+
+int Pool::players_waiting() const { return impl_->players; }
+
+void Pool::Process(absl::Time now) {
+  Impl& impl = *impl_;
+  while (!impl.expiry.empty() && impl.expiry.begin()->first <= now) {
+    const TicketKey key = impl.expiry.begin()->second;
+    const double rating = impl.tickets.at(key).spec.rating;
+    impl.Erase(key);
+    impl.MarkChanged(rating, rating);
+    impl.listener->OnExpired(key);
+  }
+  // Terminates: every entry popped is gone for good, retries are pushed
+  // strictly after `now`, and re-marks only follow a withdrawal or a match,
+  // which shrink the pool.
+  while (!impl.due.empty() && impl.due.front().retry_at <= now) {
+    const Impl::DueEntry entry = impl.due.front();
+    std::pop_heap(impl.due.begin(), impl.due.end(), Impl::DueAfter);
+    impl.due.pop_back();
+    if (!impl.IsLive(entry)) continue;
+    Impl::Ticket& anchor = impl.tickets.at(entry.key);
+    anchor.due_gen = 0;
+    anchor.due_at = absl::InfiniteFuture();
+    const Impl::Evaluation evaluation =
+        impl.Evaluate(anchor, now, impl.players);
+    switch (evaluation.outcome) {
+      case Impl::Outcome::kNoGroup:
+        // Nothing to wait for: only an Add can change the outcome.
+        break;
+      case Impl::Outcome::kRejected:
+        if (evaluation.acceptable_at.has_value()) {
+          impl.MarkDue(anchor, std::max(*evaluation.acceptable_at,
+                                        now + absl::Nanoseconds(1)));
+        }
+        break;
+      case Impl::Outcome::kAccepted:
+        impl.Commit(now, evaluation);
+        break;
+    }
+  }
+}
+
+absl::Time Pool::NextWakeup() const {
+  // Dropping stale entries changes no observable state.
+  impl_->PruneDueTop();
+  absl::Time next = absl::InfiniteFuture();
+  if (!impl_->expiry.empty()) next = impl_->expiry.begin()->first;
+  if (!impl_->due.empty()) next = std::min(next, impl_->due.front().retry_at);
+  return next;
+}
+
+Explanation Pool::Explain(TicketKey key, absl::Time now) const {
+  Explanation explanation;
+  explanation.players_needed = rules_.players_per_match();
+  const int live = impl_->LivePlayersAt(now);
+  explanation.players_waiting = live;
+  auto it = impl_->tickets.find(key);
+  if (it == impl_->tickets.end()) return explanation;
+  const Impl::Ticket& ticket = it->second;
+  explanation.waited = now - ticket.spec.enqueued_at;
+  explanation.window = rules_.rated ? rules_.WindowAt(explanation.waited) : 0;
+  // Evaluate only touches scratch state.
+  const Impl::Evaluation evaluation = impl_->Evaluate(ticket, now, live);
+  switch (evaluation.outcome) {
+    case Impl::Outcome::kNoGroup:
+      explanation.blocker = evaluation.blocker;
+      break;
+    case Impl::Outcome::kRejected:
+      explanation.blocker = Blocker::kRatingSpread;
+      explanation.best_spread = evaluation.spread;
+      explanation.acceptable_at = evaluation.acceptable_at;
+      break;
+    case Impl::Outcome::kAccepted:
+      explanation.blocker = Blocker::kNone;
+      break;
+  }
+  return explanation;
+}
+
+}  // namespace matchd::matcher

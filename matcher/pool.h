@@ -1,0 +1,157 @@
+// The matching core: one queue's pool of waiting tickets and the rules that
+// turn groups of them into matches.
+//
+// A Pool is a plain single-threaded object (no locks, no gRPC): the server
+// gives each pool to exactly one event-loop thread, and the simulator drives
+// it in virtual time. All times are passed in by the caller, so the pool is
+// deterministic: the same calls in the same order give the same matches.
+//
+// Matching is event-driven. Process(now) is to be called after tickets are
+// added or removed, and again at NextWakeup(): the moment a waiting group's
+// widening rating window first covers it, or a ticket's expiry. There is no
+// fixed matching interval.
+#ifndef MATCHD_MATCHER_POOL_H_
+#define MATCHD_MATCHER_POOL_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <queue>
+#include <set>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace matchd::matcher {
+
+// Identifies a ticket inside a pool; chosen by the caller, unique per pool.
+using TicketKey = uint64_t;
+
+// The rules of one queue. Validated by the caller (see ValidateRules).
+struct QueueRules {
+  int team_count = 2;      // >= 1
+  int team_size = 1;       // >= 1; team_count * team_size <= kMaxPlayersPerMatch
+  int max_party_size = 1;  // 1..team_size
+  // Rated queues group tickets by rating; unrated ones fill oldest first.
+  bool rated = false;
+  // window(wait) = min(initial_window + widen_per_second * wait, max_window)
+  double initial_window = 0;
+  double widen_per_second = 0;
+  double max_window = 0;  // 0: no cap
+  absl::Duration max_wait = absl::Seconds(120);
+
+  static constexpr int kMaxPlayersPerMatch = 200;
+
+  int players_per_match() const { return team_count * team_size; }
+  // The rating window accepted after waiting `wait`. Infinite for unrated queues.
+  double WindowAt(absl::Duration wait) const;
+};
+
+// INVALID_ARGUMENT naming the offending field, or OK.
+absl::Status ValidateRules(const QueueRules& rules);
+
+// A ticket as the pool sees it: a party of `party_size` players that always
+// lands on one team.
+struct TicketSpec {
+  TicketKey key = 0;
+  int party_size = 1;  // 1..max_party_size
+  double rating = 0;   // the party's rating (mean of its members); unused if unrated
+  // The original enqueue time. A ticket put back after a failed match keeps it,
+  // so it loses no priority.
+  absl::Time enqueued_at;
+  // When the ticket leaves through OnExpired if still waiting.
+  absl::Time expires_at = absl::InfiniteFuture();
+};
+
+// A match formed by the pool.
+struct FormedMatch {
+  // teams[i] lists the keys of the tickets on team i; each team holds exactly
+  // team_size players.
+  std::vector<std::vector<TicketKey>> teams;
+  double rating_spread = 0;  // highest minus lowest ticket rating (0 if unrated)
+  double team_gap = 0;       // highest minus lowest team mean rating (0 if unrated)
+  absl::Duration mean_wait;  // mean over the tickets of (formed_at - enqueued_at)
+  absl::Time formed_at;
+};
+
+// Why a ticket is still waiting (for `searching` events).
+enum class Blocker {
+  kNone,              // a match is possible now (Process has not run yet)
+  kNotEnoughPlayers,  // fewer players than a match needs
+  kRatingSpread,      // enough players, but the closest group is wider than the window
+  kTeamPacking,       // enough players, but the parties do not fill the teams
+};
+
+struct Explanation {
+  absl::Duration waited;
+  double window = 0;         // this ticket's own window now (0 if unrated)
+  int players_waiting = 0;   // in the whole pool
+  int players_needed = 0;    // players_per_match
+  Blocker blocker = Blocker::kNotEnoughPlayers;
+  double best_spread = 0;    // kRatingSpread: spread of the closest full group
+  // kRatingSpread: when that group becomes acceptable if nothing changes.
+  std::optional<absl::Time> acceptable_at;
+};
+
+// Receives the pool's outcomes. Called from inside Pool::Process; the
+// listener must not call back into the pool.
+class PoolListener {
+ public:
+  virtual ~PoolListener() = default;
+  // Asked for every member just before a match is committed. Return false if
+  // the ticket can no longer take part (its caller left). The match is then
+  // not formed: such tickets leave the pool through OnWithdrawn and the other
+  // members stay queued with their original enqueue times.
+  virtual bool StillWaiting(TicketKey key) = 0;
+  // A match was formed; its tickets have already left the pool.
+  virtual void OnMatched(const FormedMatch& match) = 0;
+  // The ticket reached expires_at and left the pool.
+  virtual void OnExpired(TicketKey key) = 0;
+  // StillWaiting(key) returned false and the ticket left the pool.
+  virtual void OnWithdrawn(TicketKey key) = 0;
+};
+
+// One queue's waiting tickets. Not thread-safe: one owner thread.
+class Pool final {
+ public:
+  // `listener` is not owned and must outlive the pool.
+  Pool(QueueRules rules, PoolListener* listener);
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  ~Pool();
+
+  // Adds a ticket. ALREADY_EXISTS if the key is waiting, INVALID_ARGUMENT if
+  // the party size is outside 1..max_party_size. Matching happens at the next
+  // Process().
+  absl::Status Add(const TicketSpec& ticket);
+  // Removes a waiting ticket without a callback. False if it is not waiting.
+  bool Remove(TicketKey key);
+  bool Contains(TicketKey key) const;
+
+  // Expires the tickets whose expires_at <= now (oldest expiry first), then
+  // forms every match acceptable at `now`, oldest anchor first.
+  void Process(absl::Time now);
+  // When Process should next run if nothing is added or removed;
+  // absl::InfiniteFuture() if never.
+  absl::Time NextWakeup() const;
+
+  // Why `key` is waiting at `now`. The ticket must be waiting.
+  Explanation Explain(TicketKey key, absl::Time now) const;
+
+  const QueueRules& rules() const { return rules_; }
+  size_t tickets_waiting() const;
+  int players_waiting() const;
+
+ private:
+  struct Impl;
+  QueueRules rules_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace matchd::matcher
+
+#endif  // MATCHD_MATCHER_POOL_H_

@@ -1,0 +1,343 @@
+#include "service/calls.h"
+
+#include <chrono>
+#include <utility>
+
+#include <grpcpp/support/proto_buffer_reader.h>
+
+#include "absl/strings/str_cat.h"
+#include "service/queue_runtime.h"
+#include "service/status_util.h"
+#include "service/validation.h"
+
+namespace matchd {
+namespace {
+
+namespace mm = ::matchmaking::v1;
+
+const grpc::Status kDraining(grpc::StatusCode::UNAVAILABLE,
+                             "server is draining; retry on another replica");
+
+grpc::Status UnknownQueue(const std::string& name) {
+  return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                      absl::StrCat("unknown queue \"", name, "\"; ListQueues shows the queues"));
+}
+
+grpc::Status TooLarge(size_t bytes) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("request is ", bytes, " bytes; the limit is ",
+                                   kMaxRequestBytes));
+}
+
+// The queue that owns `ticket_id`, or an error for the caller.
+QueueRuntime* QueueOfTicket(Runtime* runtime, const std::string& ticket_id,
+                            grpc::Status* error) {
+  if (absl::Status st = ValidateTicketId(ticket_id); !st.ok()) {
+    *error = ToGrpcStatus(st);
+    return nullptr;
+  }
+  const int index = QueueRuntime::QueueIndexOf(ticket_id);
+  if (index < 0 || index >= static_cast<int>(runtime->queues.size())) {
+    *error = grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("ticket ", ticket_id, " not found"));
+    return nullptr;
+  }
+  return runtime->queues[index].get();
+}
+
+// The caller's deadline on `clock` (which may be a manual clock in tests).
+absl::Time CallerDeadline(const grpc::ServerContext& ctx, const Clock& clock) {
+  const auto deadline = ctx.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return clock.Now() + absl::FromChrono(deadline - std::chrono::system_clock::now());
+}
+
+// A unary call. The handler runs on the loop that accepted the call and hands
+// the Responder to whichever loop owns the state; that loop calls Reply or
+// Fail exactly once. Nothing else touches the call meanwhile, so the Finish
+// may be issued from that loop; its completion (and the delete) comes back on
+// the accepting loop.
+template <typename Request, typename Response>
+class UnaryCall final : public Responder<Response> {
+ public:
+  using RequestMethod = void (MatchmakerService::*)(
+      grpc::ServerContext*, Request*, grpc::ServerAsyncResponseWriter<Response>*,
+      grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
+  using Handler = void (*)(Runtime*, const Request&, Responder<Response>*);
+
+  static void Listen(Runtime* runtime, EventLoop* loop, RequestMethod method, Handler handler) {
+    auto* call = new UnaryCall(runtime, loop, method, handler);
+    (runtime->service.*method)(&call->ctx_, &call->request_, &call->responder_, loop->cq(),
+                               loop->cq(), &call->requested_tag_);
+  }
+
+  void Reply(const Response& response) override {
+    responder_.Finish(response, grpc::Status::OK, &finished_tag_);
+  }
+  void Fail(const grpc::Status& status) override {
+    responder_.FinishWithError(status, &finished_tag_);
+  }
+
+ private:
+  UnaryCall(Runtime* runtime, EventLoop* loop, RequestMethod method, Handler handler)
+      : runtime_(runtime), loop_(loop), method_(method), handler_(handler) {}
+
+  void OnRequested(bool ok) {
+    if (!ok) {  // the server is shutting down; the call never started
+      delete this;
+      return;
+    }
+    Listen(runtime_, loop_, method_, handler_);
+    if (request_.ByteSizeLong() > kMaxRequestBytes) {
+      Fail(TooLarge(request_.ByteSizeLong()));
+      return;
+    }
+    handler_(runtime_, request_, this);
+  }
+  void OnFinished(bool /*ok*/) { delete this; }
+
+  Runtime* const runtime_;
+  EventLoop* const loop_;
+  const RequestMethod method_;
+  const Handler handler_;
+  grpc::ServerContext ctx_;
+  Request request_;
+  grpc::ServerAsyncResponseWriter<Response> responder_{&ctx_};
+  MemberCompletion<UnaryCall> requested_tag_{this, &UnaryCall::OnRequested};
+  MemberCompletion<UnaryCall> finished_tag_{this, &UnaryCall::OnFinished};
+};
+
+void HandleCreateTicket(Runtime* rt, const mm::CreateTicketRequest& request,
+                        Responder<mm::Ticket>* responder) {
+  if (rt->draining.load()) return responder->Fail(kDraining);
+  QueueRuntime* queue = rt->FindQueue(request.queue());
+  if (queue == nullptr) return responder->Fail(UnknownQueue(request.queue()));
+  if (absl::Status st = ValidateParty(request.players(), queue->settings().rules); !st.ok()) {
+    return responder->Fail(ToGrpcStatus(st));
+  }
+  queue->loop()->Post([queue, request, responder]() mutable {
+    queue->CreateTicket(std::move(request), responder);
+  });
+}
+
+void HandleGetTicket(Runtime* rt, const mm::GetTicketRequest& request,
+                     Responder<mm::Ticket>* responder) {
+  grpc::Status error;
+  QueueRuntime* queue = QueueOfTicket(rt, request.ticket_id(), &error);
+  if (queue == nullptr) return responder->Fail(error);
+  queue->loop()->Post([queue, id = request.ticket_id(), responder] {
+    queue->GetTicket(id, responder);
+  });
+}
+
+void HandleCancelTicket(Runtime* rt, const mm::CancelTicketRequest& request,
+                        Responder<mm::Ticket>* responder) {
+  grpc::Status error;
+  QueueRuntime* queue = QueueOfTicket(rt, request.ticket_id(), &error);
+  if (queue == nullptr) return responder->Fail(error);
+  queue->loop()->Post([queue, id = request.ticket_id(), responder] {
+    queue->CancelTicket(id, responder);
+  });
+}
+
+void HandleListQueues(Runtime* rt, const mm::ListQueuesRequest& /*request*/,
+                      Responder<mm::ListQueuesResponse>* responder) {
+  mm::ListQueuesResponse response;
+  for (const auto& queue : rt->queues) {
+    const QueueSettings& s = queue->settings();
+    mm::QueueInfo* info = response.add_queues();
+    info->set_name(s.name);
+    info->set_description(s.description);
+    info->set_team_count(s.rules.team_count);
+    info->set_team_size(s.rules.team_size);
+    info->set_max_party_size(s.rules.max_party_size);
+    info->set_rated(s.rules.rated);
+    *info->mutable_max_wait() = ToProtoDuration(s.rules.max_wait);
+    info->set_tickets_waiting(queue->tickets_waiting());
+    info->set_players_waiting(queue->players_waiting());
+    info->set_matches_formed(queue->matches_formed());
+  }
+  responder->Reply(response);
+}
+
+}  // namespace
+
+void StreamLink::Send(grpc::ByteBuffer event) {
+  call_loop_->Post([self = shared_from_this(), event = std::move(event)]() mutable {
+    if (self->call_ != nullptr) self->call_->Send(std::move(event));
+  });
+}
+
+void StreamLink::Close(grpc::Status status, grpc::ByteBuffer* last) {
+  std::optional<grpc::ByteBuffer> final_event;
+  if (last != nullptr) final_event = std::move(*last);
+  call_loop_->Post([self = shared_from_this(), status = std::move(status),
+                    final_event = std::move(final_event)]() mutable {
+    if (self->call_ == nullptr) return;
+    self->call_->Close(std::move(status), final_event ? &*final_event : nullptr);
+  });
+}
+
+void StartAcceptingCalls(Runtime* runtime, EventLoop* loop) {
+  UnaryCall<mm::CreateTicketRequest, mm::Ticket>::Listen(
+      runtime, loop, &MatchmakerService::RequestCreateTicket, &HandleCreateTicket);
+  UnaryCall<mm::GetTicketRequest, mm::Ticket>::Listen(
+      runtime, loop, &MatchmakerService::RequestGetTicket, &HandleGetTicket);
+  UnaryCall<mm::CancelTicketRequest, mm::Ticket>::Listen(
+      runtime, loop, &MatchmakerService::RequestCancelTicket, &HandleCancelTicket);
+  UnaryCall<mm::ListQueuesRequest, mm::ListQueuesResponse>::Listen(
+      runtime, loop, &MatchmakerService::RequestListQueues, &HandleListQueues);
+  StreamCall::Request(runtime, loop, StreamCall::Kind::kFindMatch);
+  StreamCall::Request(runtime, loop, StreamCall::Kind::kWatchTicket);
+}
+
+StreamCall::StreamCall(Runtime* runtime, EventLoop* loop, Kind kind)
+    : runtime_(runtime), loop_(loop), kind_(kind) {}
+
+StreamCall::~StreamCall() {
+  if (link_ != nullptr) link_->Unbind();
+}
+
+void StreamCall::Request(Runtime* runtime, EventLoop* loop, Kind kind) {
+  auto* call = new StreamCall(runtime, loop, kind);
+  call->ctx_.AsyncNotifyWhenDone(&call->done_tag_);
+  if (kind == Kind::kFindMatch) {
+    runtime->service.RequestFindMatch(&call->ctx_, &call->request_, &call->writer_, loop->cq(),
+                                      loop->cq(), &call->requested_tag_);
+  } else {
+    runtime->service.RequestWatchTicket(&call->ctx_, &call->request_, &call->writer_,
+                                        loop->cq(), loop->cq(), &call->requested_tag_);
+  }
+}
+
+void StreamCall::OnRequested(bool ok) {
+  if (!ok) {  // shutting down: the call never started and no done tag will come
+    delete this;
+    return;
+  }
+  Request(runtime_, loop_, kind_);
+  state_ = State::kOpen;
+  link_ = std::make_shared<StreamLink>(loop_, this);
+  Start();
+}
+
+void StreamCall::Reject(const grpc::Status& status) { Close(status, nullptr); }
+
+void StreamCall::Start() {
+  if (runtime_->draining.load()) return Reject(kDraining);
+  if (request_.Length() > kMaxRequestBytes) return Reject(TooLarge(request_.Length()));
+  const absl::Time deadline = CallerDeadline(ctx_, *runtime_->clock);
+  if (kind_ == Kind::kFindMatch) {
+    mm::FindMatchRequest request;
+    grpc::ProtoBufferReader reader(&request_);
+    if (!request.ParseFromZeroCopyStream(&reader)) {
+      return Reject(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "request is not a valid FindMatchRequest"));
+    }
+    QueueRuntime* queue = runtime_->FindQueue(request.queue());
+    if (queue == nullptr) return Reject(UnknownQueue(request.queue()));
+    queue_index_ = queue->index();
+    if (absl::Status st = ValidateParty(request.players(), queue->settings().rules); !st.ok()) {
+      return Reject(ToGrpcStatus(st));
+    }
+    queue->loop()->Post([queue, request = std::move(request), link = link_, deadline]() mutable {
+      queue->FindMatch(std::move(request), std::move(link), deadline);
+    });
+    return;
+  }
+  mm::WatchTicketRequest request;
+  grpc::ProtoBufferReader reader(&request_);
+  if (!request.ParseFromZeroCopyStream(&reader)) {
+    return Reject(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "request is not a valid WatchTicketRequest"));
+  }
+  grpc::Status error;
+  QueueRuntime* queue = QueueOfTicket(runtime_, request.ticket_id(), &error);
+  if (queue == nullptr) return Reject(error);
+  queue_index_ = queue->index();
+  queue->loop()->Post([queue, id = request.ticket_id(), after = request.after_seq(),
+                       link = link_]() mutable { queue->WatchTicket(id, after, std::move(link)); });
+}
+
+void StreamCall::Send(grpc::ByteBuffer event) {
+  if (state_ != State::kOpen || close_requested_ || done_) return;
+  outbox_.push_back(std::move(event));
+  Pump();
+}
+
+void StreamCall::Close(grpc::Status status, grpc::ByteBuffer* last) {
+  if (state_ != State::kOpen || close_requested_) return;
+  if (last != nullptr) outbox_.push_back(std::move(*last));
+  close_requested_ = true;
+  close_status_ = std::move(status);
+  Pump();
+}
+
+void StreamCall::Pump() {
+  if (write_in_flight_ || finish_in_flight_ || state_ != State::kOpen) return;
+  if (done_) {  // the caller is gone: nothing more can be delivered
+    outbox_.clear();
+    return;
+  }
+  if (!outbox_.empty()) {
+    in_flight_ = std::move(outbox_.front());
+    outbox_.pop_front();
+    if (close_requested_ && outbox_.empty()) {
+      // The last event and the status in one batch.
+      state_ = State::kClosing;
+      finish_in_flight_ = true;
+      writer_.WriteAndFinish(in_flight_, grpc::WriteOptions(), close_status_, &finished_tag_);
+    } else {
+      write_in_flight_ = true;
+      writer_.Write(in_flight_, &written_tag_);
+    }
+    return;
+  }
+  if (close_requested_) {
+    state_ = State::kClosing;
+    finish_in_flight_ = true;
+    writer_.Finish(close_status_, &finished_tag_);
+  }
+}
+
+void StreamCall::OnWritten(bool ok) {
+  write_in_flight_ = false;
+  in_flight_.Clear();
+  if (!ok) {  // the stream broke; the done notification follows
+    outbox_.clear();
+    MaybeDelete();
+    return;
+  }
+  Pump();
+  MaybeDelete();
+}
+
+void StreamCall::OnFinished(bool /*ok*/) {
+  finish_in_flight_ = false;
+  in_flight_.Clear();
+  MaybeDelete();
+}
+
+void StreamCall::OnDone(bool /*ok*/) {
+  done_ = true;
+  link_->MarkGone();
+  // Ended by the server (our Finish) needs no notice; otherwise the caller
+  // cancelled, its deadline passed or the connection died.
+  if (state_ != State::kClosing && queue_index_ >= 0) {
+    const bool deadline_passed =
+        ctx_.deadline() != std::chrono::system_clock::time_point::max() &&
+        ctx_.deadline() <= std::chrono::system_clock::now();
+    const DetachReason reason =
+        deadline_passed ? DetachReason::kCallerDeadline : DetachReason::kCallEnded;
+    QueueRuntime* queue = runtime_->queues[queue_index_].get();
+    queue->loop()->Post([queue, link = link_, reason] { queue->Detach(link.get(), reason); });
+  }
+  outbox_.clear();
+  MaybeDelete();
+}
+
+void StreamCall::MaybeDelete() {
+  if (done_ && !write_in_flight_ && !finish_in_flight_) delete this;
+}
+
+}  // namespace matchd

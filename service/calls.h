@@ -1,0 +1,83 @@
+// The call state machines. Each RPC in flight is one object owned by the loop
+// whose completion queue it was requested on; every gRPC operation on it is
+// started from that loop (unary replies excepted: see UnaryCall), and it is
+// freed in exactly one place once no operation is outstanding.
+#ifndef MATCHD_SERVICE_CALLS_H_
+#define MATCHD_SERVICE_CALLS_H_
+
+#include <deque>
+#include <memory>
+
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/async_stream.h>
+#include <grpcpp/support/async_unary_call.h>
+
+#include "service/event_loop.h"
+#include "service/runtime.h"
+
+namespace matchd {
+
+// Requests the first call of every method on `loop`; each accepted call
+// requests the next one of its kind, so one of each is always outstanding.
+void StartAcceptingCalls(Runtime* runtime, EventLoop* loop);
+
+// FindMatch or WatchTicket: a server stream that carries one ticket's events.
+//
+// States: kRequested (waiting for a caller) -> kOpen (events flow; at most one
+// write in flight, the rest queued in order) -> kClosing (Finish or
+// WriteAndFinish issued) -> freed when the done notification has arrived and
+// no operation is outstanding. A call that the caller cancels (or whose
+// connection dies) is noticed through AsyncNotifyWhenDone: its ticket is told
+// through StreamLink (gone) and a Detach posted to the ticket's queue loop.
+class StreamCall final {
+ public:
+  enum class Kind { kFindMatch, kWatchTicket };
+
+  // Requests one call of `kind` on `loop`. The object owns itself from here.
+  static void Request(Runtime* runtime, EventLoop* loop, Kind kind);
+
+  // Call-loop only (through StreamLink).
+  void Send(grpc::ByteBuffer event);
+  void Close(grpc::Status status, grpc::ByteBuffer* last);
+
+ private:
+  enum class State { kRequested, kOpen, kClosing };
+
+  StreamCall(Runtime* runtime, EventLoop* loop, Kind kind);
+  ~StreamCall();
+
+  void OnRequested(bool ok);
+  void OnWritten(bool ok);
+  void OnFinished(bool ok);
+  void OnDone(bool ok);
+  void Start();            // validate and hand the ticket to its queue's loop
+  void Reject(const grpc::Status& status);
+  void Pump();             // issue the next write or the Finish
+  void MaybeDelete();
+
+  Runtime* const runtime_;  // not owned
+  EventLoop* const loop_;   // not owned
+  const Kind kind_;
+  State state_ = State::kRequested;
+  grpc::ServerContext ctx_;
+  grpc::ByteBuffer request_;
+  grpc::ServerAsyncWriter<grpc::ByteBuffer> writer_{&ctx_};
+  std::shared_ptr<StreamLink> link_;
+  int queue_index_ = -1;
+  std::deque<grpc::ByteBuffer> outbox_;
+  grpc::ByteBuffer in_flight_;  // alive until its write completes
+  bool write_in_flight_ = false;
+  bool close_requested_ = false;
+  grpc::Status close_status_;
+  bool finish_in_flight_ = false;
+  bool done_ = false;
+
+  MemberCompletion<StreamCall> requested_tag_{this, &StreamCall::OnRequested};
+  MemberCompletion<StreamCall> written_tag_{this, &StreamCall::OnWritten};
+  MemberCompletion<StreamCall> finished_tag_{this, &StreamCall::OnFinished};
+  MemberCompletion<StreamCall> done_tag_{this, &StreamCall::OnDone};
+};
+
+}  // namespace matchd
+
+#endif  // MATCHD_SERVICE_CALLS_H_

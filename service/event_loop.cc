@@ -1,0 +1,123 @@
+#include "service/event_loop.h"
+
+#include <chrono>
+#include <utility>
+
+namespace matchd {
+
+EventLoop::EventLoop(int index, std::unique_ptr<grpc::ServerCompletionQueue> cq,
+                     const Clock* clock)
+    : index_(index), cq_(std::move(cq)), clock_(clock) {}
+
+EventLoop::~EventLoop() {
+  if (thread_.joinable()) StopAndJoin();
+}
+
+void EventLoop::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void EventLoop::Post(Task task) {
+  if (InLoopThread()) {
+    local_.push_back(std::move(task));
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopped_) return;
+  inbox_.push_back(std::move(task));
+  if (nudge_armed_) return;
+  nudge_armed_ = true;
+  // Set under mu_ so that StopAndJoin cannot shut the queue down in between.
+  // Alarm::Set only enqueues; it never calls back into this object, so the
+  // lock cannot deadlock.
+  nudge_.Set(cq_.get(), gpr_inf_past(GPR_CLOCK_MONOTONIC), &nudge_tag_);
+}
+
+void EventLoop::OnNudge(bool /*ok*/) {
+  std::lock_guard<std::mutex> lock(mu_);
+  nudge_armed_ = false;
+}
+
+EventLoop::TimerId EventLoop::RunAt(absl::Time when, Task task) {
+  const TimerId id = next_timer_id_++;
+  timers_.emplace(id, std::move(task));
+  timer_heap_.push(TimerEntry{when, id});
+  return id;
+}
+
+void EventLoop::CancelTimer(TimerId id) { timers_.erase(id); }
+
+void EventLoop::RunPosted() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    running_.swap(inbox_);
+  }
+  // Timers due before a task was posted run before it, so a task always sees
+  // the state its poster could expect at the time it was posted (e.g. a poll
+  // after the TTL passed finds the ticket expired).
+  for (Task& t : running_) {
+    RunDueTimers();
+    std::move(t)();
+  }
+  running_.clear();
+  // Tasks posted by the loop to itself may post more; run until quiet.
+  while (!local_.empty()) {
+    std::vector<Task> batch;
+    batch.swap(local_);
+    for (Task& t : batch) std::move(t)();
+  }
+}
+
+void EventLoop::RunDueTimers() {
+  const absl::Time now = clock_->Now();
+  while (!timer_heap_.empty() && timer_heap_.top().when <= now) {
+    const TimerId id = timer_heap_.top().id;
+    timer_heap_.pop();
+    auto it = timers_.find(id);
+    if (it == timers_.end()) continue;  // cancelled
+    Task task = std::move(it->second);
+    timers_.erase(it);
+    std::move(task)();
+  }
+}
+
+absl::Time EventLoop::NextTimer() {
+  while (!timer_heap_.empty() && !timers_.count(timer_heap_.top().id)) timer_heap_.pop();
+  return timer_heap_.empty() ? absl::InfiniteFuture() : timer_heap_.top().when;
+}
+
+void EventLoop::Run() {
+  thread_id_.store(std::this_thread::get_id());
+  for (;;) {
+    RunPosted();
+    RunDueTimers();
+    RunPosted();
+    const absl::Time next = clock_->IsManual() ? absl::InfiniteFuture() : NextTimer();
+    void* tag = nullptr;
+    bool ok = false;
+    grpc::CompletionQueue::NextStatus status;
+    if (next == absl::InfiniteFuture()) {
+      status = cq_->Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
+                                    : grpc::CompletionQueue::SHUTDOWN;
+    } else {
+      status = cq_->AsyncNext(&tag, &ok, absl::ToChronoTime(next));
+    }
+    if (status == grpc::CompletionQueue::SHUTDOWN) break;
+    if (status == grpc::CompletionQueue::TIMEOUT) continue;
+    static_cast<Completion*>(tag)->OnComplete(ok);
+  }
+}
+
+void EventLoop::StopAndJoin() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+  }
+  cq_->Shutdown();
+  if (thread_.joinable()) thread_.join();
+  // Drop what never ran: the server is gone.
+  std::lock_guard<std::mutex> lock(mu_);
+  inbox_.clear();
+}
+
+}  // namespace matchd

@@ -1,0 +1,122 @@
+// One event loop per thread: a gRPC completion queue, a mailbox for work
+// handed over from other threads, and a timer heap. Everything the server
+// does runs inside some loop; a piece of state belongs to exactly one loop.
+#ifndef MATCHD_SERVICE_EVENT_LOOP_H_
+#define MATCHD_SERVICE_EVENT_LOOP_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <queue>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <grpcpp/alarm.h>
+#include <grpcpp/completion_queue.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/time/time.h"
+#include "matcher/clock.h"
+
+namespace matchd {
+
+// A tag given to gRPC. When the operation completes, the loop that owns the
+// completion queue calls OnComplete(ok). The object must stay alive until then.
+class Completion {
+ public:
+  virtual void OnComplete(bool ok) = 0;
+
+ protected:
+  ~Completion() = default;
+};
+
+// A Completion that calls a member function of its owner.
+template <typename T>
+class MemberCompletion final : public Completion {
+ public:
+  MemberCompletion(T* owner, void (T::*fn)(bool)) : owner_(owner), fn_(fn) {}
+  void OnComplete(bool ok) override { (owner_->*fn_)(ok); }
+
+ private:
+  T* const owner_;
+  void (T::*const fn_)(bool);
+};
+
+class EventLoop final {
+ public:
+  using Task = absl::AnyInvocable<void() &&>;
+  using TimerId = uint64_t;
+
+  // `clock` is not owned. With a manual clock the loop never waits on the wall
+  // clock; timers run when the loop wakes up after the clock was advanced
+  // (see Post).
+  EventLoop(int index, std::unique_ptr<grpc::ServerCompletionQueue> cq, const Clock* clock);
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+  ~EventLoop();
+
+  int index() const { return index_; }
+  grpc::ServerCompletionQueue* cq() { return cq_.get(); }
+  const Clock& clock() const { return *clock_; }
+  bool InLoopThread() const { return std::this_thread::get_id() == thread_id_.load(); }
+
+  // Starts the loop's thread.
+  void Start();
+  // Runs `task` on the loop's thread. Thread-safe. From the loop's own thread
+  // the task runs after the current event, without a wake-up. Tasks posted
+  // after Stop() are dropped.
+  void Post(Task task);
+  // Runs `task` at `when` (or at once if it has passed). Loop thread only.
+  TimerId RunAt(absl::Time when, Task task);
+  // Cancels a timer that has not run. Unknown or already-run ids are ignored.
+  // Loop thread only.
+  void CancelTimer(TimerId id);
+  // Shuts the completion queue down (call after grpc::Server::Shutdown),
+  // lets the loop drain it, and joins the thread. Pending timers are dropped.
+  void StopAndJoin();
+
+ private:
+  void Run();
+  void OnNudge(bool ok);
+  void RunPosted();
+  void RunDueTimers();
+  absl::Time NextTimer();
+
+  const int index_;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq_;
+  const Clock* const clock_;  // not owned
+  std::thread thread_;
+  std::atomic<std::thread::id> thread_id_{};
+
+  // Cross-thread mailbox. A single grpc::Alarm set in the past wakes the loop;
+  // it is armed at most once at a time. std::mutex rather than absl::Mutex:
+  // ThreadSanitizer understands it without an instrumented abseil.
+  std::mutex mu_;
+  std::vector<Task> inbox_ ABSL_GUARDED_BY(mu_);
+  bool nudge_armed_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Alarm nudge_;
+  MemberCompletion<EventLoop> nudge_tag_{this, &EventLoop::OnNudge};
+
+  // Loop-thread state.
+  std::vector<Task> local_;  // posted from the loop itself
+  std::vector<Task> running_;
+  struct TimerEntry {
+    absl::Time when;
+    TimerId id;
+    bool operator>(const TimerEntry& o) const {
+      return when != o.when ? when > o.when : id > o.id;
+    }
+  };
+  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<TimerEntry>> timer_heap_;
+  std::unordered_map<TimerId, Task> timers_;
+  TimerId next_timer_id_ = 1;
+};
+
+}  // namespace matchd
+
+#endif  // MATCHD_SERVICE_EVENT_LOOP_H_

@@ -1,0 +1,41 @@
+// Building the bytes of MatchEvent messages. A match is serialized once; each
+// member's event is a small per-ticket header followed by that shared,
+// refcounted body (protobuf allows a message's fields to be concatenated).
+#ifndef MATCHD_SERVICE_EVENTS_H_
+#define MATCHD_SERVICE_EVENTS_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
+#include "absl/time/time.h"
+#include "matchmaking/v1/matchmaking.pb.h"
+
+namespace matchd {
+
+google::protobuf::Timestamp ToProtoTime(absl::Time t);
+google::protobuf::Duration ToProtoDuration(absl::Duration d);
+
+// A formed match, shared (read-only) by its tickets on the queue's loop and by
+// the in-flight writes of every member's stream.
+struct SharedMatch {
+  matchmaking::v1::Match match;
+  // The serialized `matched` field of MatchEvent (field 12), built once.
+  grpc::Slice matched_field;
+};
+
+// Builds `match`'s serialized field once.
+std::shared_ptr<const SharedMatch> MakeSharedMatch(matchmaking::v1::Match match);
+
+// The whole event as bytes: `event` already carries ticket_id, seq and time.
+grpc::ByteBuffer EventBytes(const matchmaking::v1::MatchEvent& event);
+
+// The `matched` event of one member: header + the shared body (no copy of it).
+grpc::ByteBuffer MatchedEventBytes(const std::string& ticket_id, uint64_t seq, absl::Time time,
+                                   const SharedMatch& match);
+
+}  // namespace matchd
+
+#endif  // MATCHD_SERVICE_EVENTS_H_

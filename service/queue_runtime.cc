@@ -1,0 +1,563 @@
+#include "service/queue_runtime.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "service/status_util.h"
+#include "service/validation.h"
+
+namespace matchd {
+
+namespace mm = ::matchmaking::v1;
+using matcher::TicketKey;
+
+struct QueueRuntime::Ticket {
+  TicketKey key = 0;
+  std::string id;
+  bool poll = false;  // made by CreateTicket; otherwise by FindMatch
+  State state = mm::Ticket::QUEUED;
+  google::protobuf::RepeatedPtrField<mm::Player> players;
+  double rating = 0;
+  absl::Time created;  // the original enqueue time, kept across re-attach
+  absl::Time expires;  // the queue's maximum wait or the caller's deadline
+  bool expires_by_caller = false;
+  uint32_t queued_players_waiting = 0;
+  uint64_t seq = 0;          // of the last event produced
+  uint64_t matched_seq = 0;  // of the `matched` event
+  std::shared_ptr<StreamLink> link;  // the attached stream, if any
+  std::shared_ptr<const SharedMatch> match;
+  std::string detail;
+  // One timer serves the poll TTL (QUEUED poll tickets without a stream), the
+  // re-attach grace (DETACHED) and retention (terminal states).
+  absl::Time lease_until = absl::InfiniteFuture();
+  absl::Time lease_timer_at = absl::InfiniteFuture();
+  EventLoop::TimerId lease_timer = 0;
+  EventLoop::TimerId heartbeat_timer = 0;
+
+  bool active() const { return state == mm::Ticket::QUEUED || state == mm::Ticket::DETACHED; }
+};
+
+QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, EventLoop* loop)
+    : index_(index),
+      settings_(std::move(settings)),
+      runtime_(runtime),
+      loop_(loop),
+      pool_(settings_.rules, this),
+      rng_(std::random_device{}()) {}
+
+QueueRuntime::~QueueRuntime() = default;
+
+int QueueRuntime::QueueIndexOf(const std::string& ticket_id) {
+  uint32_t index = 0;
+  if (ticket_id.size() < 4 || !absl::SimpleHexAtoi(ticket_id.substr(0, 4), &index)) return -1;
+  return static_cast<int>(index);
+}
+
+QueueRuntime::Ticket* QueueRuntime::Find(const std::string& ticket_id) {
+  uint64_t key = 0;
+  if (ticket_id.size() != 32 || !absl::SimpleHexAtoi(ticket_id.substr(4, 16), &key)) {
+    return nullptr;
+  }
+  auto it = tickets_.find(key);
+  if (it == tickets_.end() || it->second->id != ticket_id) return nullptr;
+  return it->second.get();
+}
+
+void QueueRuntime::PublishCounts() {
+  tickets_waiting_.store(static_cast<uint32_t>(pool_.tickets_waiting()),
+                         std::memory_order_relaxed);
+  players_waiting_.store(static_cast<uint32_t>(pool_.players_waiting()),
+                         std::memory_order_relaxed);
+}
+
+absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
+    const google::protobuf::RepeatedPtrField<mm::Player>& players, bool poll,
+    absl::Time expires) {
+  if (draining_ || runtime_->draining.load()) {
+    return absl::UnavailableError("server is draining; retry on another replica");
+  }
+  for (const mm::Player& p : players) {
+    auto it = players_.find(p.id());
+    if (it == players_.end()) continue;
+    const Ticket& holder = *tickets_.at(it->second);
+    if (holder.state == mm::Ticket::DETACHED) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "player \"", p.id(), "\" has a detached ticket ", holder.id, " in queue \"",
+          settings_.name, "\"; re-attach it with WatchTicket or cancel it with CancelTicket"));
+    }
+    return absl::AlreadyExistsError(absl::StrCat("player \"", p.id(),
+                                                 "\" is already waiting in queue \"",
+                                                 settings_.name, "\" (ticket ", holder.id, ")"));
+  }
+  if (active_ >= settings_.max_waiting_tickets) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue \"", settings_.name, "\" is full (", active_,
+                     " tickets waiting, its configured maximum); retry later"));
+  }
+  const int64_t limit = runtime_->limits.max_waiting_tickets;
+  if (runtime_->active_tickets.fetch_add(1) >= limit) {
+    runtime_->active_tickets.fetch_sub(1);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "server is at its capacity of ", limit, " waiting tickets; retry later or elsewhere"));
+  }
+  const absl::Time now = runtime_->clock->Now();
+  auto owned = std::make_unique<Ticket>();
+  Ticket& t = *owned;
+  t.key = next_key_++;
+  t.id = absl::StrFormat("%04x%016x%012x", index_, t.key, rng_() & 0xffffffffffffULL);
+  t.poll = poll;
+  t.players = players;
+  t.rating = PartyRating(players);
+  t.created = now;
+  t.expires = expires;
+  t.seq = 1;  // the `queued` event
+  matcher::TicketSpec spec;
+  spec.key = t.key;
+  spec.party_size = players.size();
+  spec.rating = t.rating;
+  spec.enqueued_at = now;
+  spec.expires_at = expires;
+  if (absl::Status added = pool_.Add(spec); !added.ok()) {
+    runtime_->active_tickets.fetch_sub(1);
+    return added;
+  }
+  for (const mm::Player& p : players) players_[p.id()] = t.key;
+  ++active_;
+  t.queued_players_waiting = static_cast<uint32_t>(pool_.players_waiting());
+  tickets_.emplace(t.key, std::move(owned));
+  PublishCounts();
+  return &t;
+}
+
+void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<StreamLink> link,
+                             absl::Time caller_deadline) {
+  const absl::Time now = runtime_->clock->Now();
+  const absl::Time max_wait_end = now + settings_.rules.max_wait;
+  absl::StatusOr<Ticket*> admitted =
+      Admit(request.players(), /*poll=*/false, std::min(max_wait_end, caller_deadline));
+  if (!admitted.ok()) {
+    link->Close(ToGrpcStatus(admitted.status()));
+    return;
+  }
+  Ticket& t = **admitted;
+  t.expires_by_caller = caller_deadline < max_wait_end;
+  Attach(t, std::move(link));
+  t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  RunPool();
+}
+
+void QueueRuntime::CreateTicket(mm::CreateTicketRequest request,
+                                Responder<mm::Ticket>* responder) {
+  const absl::Time now = runtime_->clock->Now();
+  absl::StatusOr<Ticket*> admitted =
+      Admit(request.players(), /*poll=*/true, now + settings_.rules.max_wait);
+  if (!admitted.ok()) {
+    responder->Fail(ToGrpcStatus(admitted.status()));
+    return;
+  }
+  Ticket& t = **admitted;
+  ScheduleLease(t, now + settings_.poll_ttl);
+  responder->Reply(ToProto(t));
+  RunPool();
+}
+
+void QueueRuntime::GetTicket(const std::string& ticket_id, Responder<mm::Ticket>* responder) {
+  Ticket* t = Find(ticket_id);
+  if (t == nullptr) {
+    responder->Fail(grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        absl::StrCat("ticket ", ticket_id, " not found: unknown, or it ended more than ",
+                     absl::FormatDuration(runtime_->limits.ticket_retention), " ago")));
+    return;
+  }
+  if (t->poll && t->state == mm::Ticket::QUEUED && t->link == nullptr) {
+    ScheduleLease(*t, runtime_->clock->Now() + settings_.poll_ttl);
+  }
+  responder->Reply(ToProto(*t));
+}
+
+void QueueRuntime::CancelTicket(const std::string& ticket_id,
+                                Responder<mm::Ticket>* responder) {
+  Ticket* t = Find(ticket_id);
+  if (t == nullptr) {
+    responder->Fail(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                 absl::StrCat("ticket ", ticket_id, " not found")));
+    return;
+  }
+  if (!t->active()) {
+    std::string what = mm::Ticket::State_Name(t->state);
+    if (t->state == mm::Ticket::MATCHED) {
+      absl::StrAppend(&what, " (match ", t->match->match.match_id(), "); the match stands");
+    }
+    responder->Fail(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("ticket ", ticket_id, " can no longer be cancelled: it is already ", what)));
+    return;
+  }
+  Finish(*t, mm::Ticket::CANCELLED, "cancelled by CancelTicket",
+         grpc::Status(grpc::StatusCode::CANCELLED, "ticket cancelled by CancelTicket"));
+  responder->Reply(ToProto(*t));
+}
+
+void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
+                               std::shared_ptr<StreamLink> link) {
+  Ticket* found = Find(ticket_id);
+  if (found == nullptr) {
+    link->Close(grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        absl::StrCat("ticket ", ticket_id, " not found: unknown, or it ended more than ",
+                     absl::FormatDuration(runtime_->limits.ticket_retention), " ago")));
+    return;
+  }
+  Ticket& t = *found;
+  if (after_seq > t.seq) {
+    link->Close(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                             absl::StrCat("after_seq ", after_seq,
+                                          " is beyond the ticket's last event, seq ", t.seq)));
+    return;
+  }
+  if (t.link != nullptr) {
+    t.link->Close(grpc::Status(grpc::StatusCode::ABORTED,
+                               "another WatchTicket call took over this ticket"));
+    t.link.reset();
+  }
+  switch (t.state) {
+    case mm::Ticket::MATCHED:
+      if (after_seq < t.matched_seq) {
+        grpc::ByteBuffer last =
+            MatchedEventBytes(t.id, t.matched_seq, runtime_->clock->Now(), *t.match);
+        link->Close(grpc::Status::OK, &last);
+      } else {
+        link->Close(grpc::Status::OK);
+      }
+      return;
+    case mm::Ticket::EXPIRED:
+      link->Close(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, t.detail));
+      return;
+    case mm::Ticket::CANCELLED:
+      link->Close(grpc::Status(grpc::StatusCode::CANCELLED, t.detail));
+      return;
+    case mm::Ticket::DETACHED:
+      if (draining_) {
+        link->Close(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 "server is draining; retry on another replica"));
+        return;
+      }
+      Requeue(t);
+      break;
+    default:
+      break;
+  }
+  Attach(t, std::move(link));
+  if (after_seq < 1) t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  t.link->Send(EventBytes(SearchingEvent(t)));
+  RunPool();
+}
+
+void QueueRuntime::Requeue(Ticket& t) {
+  matcher::TicketSpec spec;
+  spec.key = t.key;
+  spec.party_size = t.players.size();
+  spec.rating = t.rating;
+  spec.enqueued_at = t.created;  // no lost priority
+  spec.expires_at = t.expires;
+  (void)pool_.Add(spec);  // the key is not in the pool while DETACHED
+  t.state = mm::Ticket::QUEUED;
+  t.detail.clear();
+  t.lease_until = absl::InfiniteFuture();
+  PublishCounts();
+}
+
+void QueueRuntime::Detach(const StreamLink* link, DetachReason reason) {
+  auto it = tickets_.find(link->ticket_key());
+  if (it == tickets_.end() || it->second->link.get() != link) return;  // already replaced
+  Ticket& t = *it->second;
+  t.link.reset();
+  loop_->CancelTimer(t.heartbeat_timer);
+  if (t.state != mm::Ticket::QUEUED) return;
+  const absl::Time now = runtime_->clock->Now();
+  if (t.poll) {
+    ScheduleLease(t, now + settings_.poll_ttl);  // a watcher left; polling keeps it
+    return;
+  }
+  if (reason == DetachReason::kCallerDeadline) {
+    Finish(t, mm::Ticket::EXPIRED, "the caller's deadline passed before a match was found",
+           grpc::Status::OK);
+    return;
+  }
+  if (settings_.reattach_grace <= absl::ZeroDuration()) {
+    Finish(t, mm::Ticket::CANCELLED, "the FindMatch call was closed", grpc::Status::OK);
+    return;
+  }
+  if (!in_pool_callback_) pool_.Remove(t.key);
+  t.state = mm::Ticket::DETACHED;
+  t.detail = absl::StrCat("the FindMatch call was closed; re-attach with WatchTicket within ",
+                          absl::FormatDuration(settings_.reattach_grace));
+  ScheduleLease(t, now + settings_.reattach_grace);
+  PublishCounts();
+}
+
+void QueueRuntime::Drain() {
+  draining_ = true;
+  for (auto& [key, ticket] : tickets_) {
+    if (!ticket->active()) continue;
+    Finish(*ticket, mm::Ticket::CANCELLED, "the server drained",
+           grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "server is draining; retry on another replica"));
+  }
+  RunPool();
+}
+
+bool QueueRuntime::StillWaiting(TicketKey key) {
+  const Ticket& t = *tickets_.at(key);
+  if (t.poll) return true;  // polling tickets leave only on this loop
+  return t.link != nullptr && !t.link->gone();
+}
+
+void QueueRuntime::OnWithdrawn(TicketKey key) {
+  Ticket& t = *tickets_.at(key);
+  // The stream is gone but its Detach has not arrived yet; act on it now.
+  if (t.link == nullptr) {
+    Finish(t, mm::Ticket::CANCELLED, "the FindMatch call was closed", grpc::Status::OK);
+    return;
+  }
+  Detach(t.link.get(), DetachReason::kCallEnded);
+}
+
+void QueueRuntime::OnExpired(TicketKey key) {
+  Ticket& t = *tickets_.at(key);
+  std::string why =
+      t.expires_by_caller
+          ? std::string("the caller's deadline passed before a match was found")
+          : absl::StrCat("no match within queue \"", settings_.name, "\"'s maximum wait of ",
+                         absl::FormatDuration(settings_.rules.max_wait),
+                         "; try again later or in another queue");
+  Finish(t, mm::Ticket::EXPIRED, why, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, why));
+}
+
+void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
+  mm::Match m;
+  m.set_match_id(absl::StrFormat("m-%016x%08x", rng_(), static_cast<uint32_t>(rng_())));
+  m.set_queue(settings_.name);
+  *m.mutable_created() = ToProtoTime(formed.formed_at);
+  for (const std::vector<TicketKey>& team : formed.teams) {
+    mm::Team* out = m.add_teams();
+    double sum = 0;
+    for (TicketKey key : team) {
+      const Ticket& t = *tickets_.at(key);
+      for (const mm::Player& p : t.players) {
+        *out->add_players() = p;
+        sum += p.rating();
+      }
+      m.add_ticket_ids(t.id);
+    }
+    if (out->players_size() > 0) out->set_mean_rating(sum / out->players_size());
+  }
+  mm::MatchQuality* q = m.mutable_quality();
+  q->set_rating_spread(formed.rating_spread);
+  q->set_team_gap(formed.team_gap);
+  *q->mutable_mean_wait() = ToProtoDuration(formed.mean_wait);
+  std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(std::move(m));
+  matches_formed_.fetch_add(1, std::memory_order_relaxed);
+  for (const std::vector<TicketKey>& team : formed.teams) {
+    for (TicketKey key : team) {
+      Ticket& t = *tickets_.at(key);
+      t.match = shared;
+      t.matched_seq = ++t.seq;
+      if (t.link != nullptr) {
+        grpc::ByteBuffer last = MatchedEventBytes(t.id, t.seq, formed.formed_at, *shared);
+        Finish(t, mm::Ticket::MATCHED, "", grpc::Status::OK, &last);
+      } else {
+        Finish(t, mm::Ticket::MATCHED, "", grpc::Status::OK);
+      }
+    }
+  }
+}
+
+void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
+                          const grpc::Status& stream_status, grpc::ByteBuffer* last) {
+  if (t.active()) {
+    if (t.state == mm::Ticket::QUEUED && !in_pool_callback_) pool_.Remove(t.key);
+    for (const mm::Player& p : t.players) {
+      auto it = players_.find(p.id());
+      if (it != players_.end() && it->second == t.key) players_.erase(it);
+    }
+    --active_;
+    runtime_->active_tickets.fetch_sub(1);
+  }
+  t.state = state;
+  t.detail = std::move(detail);
+  loop_->CancelTimer(t.heartbeat_timer);
+  t.heartbeat_timer = 0;
+  if (t.link != nullptr) {
+    t.link->Close(stream_status, last);
+    t.link.reset();
+  }
+  ScheduleLease(t, runtime_->clock->Now() + runtime_->limits.ticket_retention);
+  PublishCounts();
+}
+
+void QueueRuntime::Attach(Ticket& t, std::shared_ptr<StreamLink> link) {
+  link->set_ticket_key(t.key);
+  t.link = std::move(link);
+  ScheduleHeartbeat(t);
+}
+
+void QueueRuntime::ScheduleHeartbeat(Ticket& t) {
+  loop_->CancelTimer(t.heartbeat_timer);
+  const TicketKey key = t.key;
+  t.heartbeat_timer =
+      loop_->RunAt(runtime_->clock->Now() + runtime_->limits.heartbeat_interval,
+                   [this, key] { Heartbeat(key); });
+}
+
+void QueueRuntime::Heartbeat(TicketKey key) {
+  auto it = tickets_.find(key);
+  if (it == tickets_.end()) return;
+  Ticket& t = *it->second;
+  t.heartbeat_timer = 0;
+  if (t.state != mm::Ticket::QUEUED || t.link == nullptr) return;
+  t.link->Send(EventBytes(SearchingEvent(t)));
+  ScheduleHeartbeat(t);
+}
+
+void QueueRuntime::ScheduleLease(Ticket& t, absl::Time when) {
+  t.lease_until = when;
+  // One timer per ticket: moving the lease later lets the armed timer fire and
+  // re-arm (cheap for frequent polls); moving it earlier re-arms now.
+  if (t.lease_timer != 0 && t.lease_timer_at <= when) return;
+  loop_->CancelTimer(t.lease_timer);
+  const TicketKey key = t.key;
+  t.lease_timer_at = when;
+  t.lease_timer = loop_->RunAt(when, [this, key] { LeaseExpired(key); });
+}
+
+void QueueRuntime::LeaseExpired(TicketKey key) {
+  auto it = tickets_.find(key);
+  if (it == tickets_.end()) return;
+  Ticket& t = *it->second;
+  t.lease_timer = 0;
+  t.lease_timer_at = absl::InfiniteFuture();
+  const absl::Time now = runtime_->clock->Now();
+  if (t.lease_until > now) {
+    ScheduleLease(t, t.lease_until);
+    return;
+  }
+  switch (t.state) {
+    case mm::Ticket::QUEUED:
+      if (!t.poll || t.link != nullptr) return;  // a stream keeps it alive
+      Finish(t, mm::Ticket::EXPIRED,
+             absl::StrCat("nobody polled the ticket for ", absl::FormatDuration(settings_.poll_ttl),
+                          " (the queue's poll TTL)"),
+             grpc::Status::OK);
+      RunPool();
+      return;
+    case mm::Ticket::DETACHED:
+      Finish(t, mm::Ticket::CANCELLED,
+             absl::StrCat("the FindMatch call was closed and not re-attached within ",
+                          absl::FormatDuration(settings_.reattach_grace)),
+             grpc::Status::OK);
+      return;
+    default:
+      tickets_.erase(it);  // retention is over
+      return;
+  }
+}
+
+void QueueRuntime::RunPool() {
+  const absl::Time now = runtime_->clock->Now();
+  in_pool_callback_ = true;
+  pool_.Process(now);
+  in_pool_callback_ = false;
+  PublishCounts();
+  const absl::Time wake = pool_.NextWakeup();
+  if (wake == pool_timer_at_) return;
+  loop_->CancelTimer(pool_timer_);
+  pool_timer_ = 0;
+  pool_timer_at_ = wake;
+  if (wake == absl::InfiniteFuture()) return;
+  pool_timer_ = loop_->RunAt(std::max(wake, now), [this] {
+    pool_timer_ = 0;
+    pool_timer_at_ = absl::InfiniteFuture();
+    RunPool();
+  });
+}
+
+mm::MatchEvent QueueRuntime::QueuedEvent(const Ticket& t, uint64_t seq) const {
+  mm::MatchEvent ev;
+  ev.set_ticket_id(t.id);
+  ev.set_seq(seq);
+  *ev.mutable_time() = ToProtoTime(t.created);
+  mm::Queued* q = ev.mutable_queued();
+  q->set_queue(settings_.name);
+  q->set_players_waiting(t.queued_players_waiting);
+  *q->mutable_max_wait() = ToProtoDuration(settings_.rules.max_wait);
+  return ev;
+}
+
+mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
+  const absl::Time now = runtime_->clock->Now();
+  mm::MatchEvent ev;
+  ev.set_ticket_id(t.id);
+  ev.set_seq(++t.seq);
+  *ev.mutable_time() = ToProtoTime(now);
+  mm::Searching* s = ev.mutable_searching();
+  const matcher::Explanation e = pool_.Explain(t.key, now);
+  *s->mutable_waited() = ToProtoDuration(e.waited);
+  s->set_rating_window(settings_.rules.rated ? e.window : 0);
+  s->set_players_waiting(static_cast<uint32_t>(e.players_waiting));
+  switch (e.blocker) {
+    case matcher::Blocker::kNone:
+      s->set_reason("a match is being formed");
+      break;
+    case matcher::Blocker::kNotEnoughPlayers:
+      s->set_blocked_by(mm::Searching::NOT_ENOUGH_PLAYERS);
+      s->set_reason(absl::StrCat("waiting for players: ", e.players_waiting, " of the ",
+                                 e.players_needed, " a match needs are here"));
+      break;
+    case matcher::Blocker::kTeamPacking:
+      s->set_blocked_by(mm::Searching::TEAM_PACKING);
+      s->set_reason(absl::StrCat("the waiting parties cannot fill ", settings_.rules.team_count,
+                                 " teams of ", settings_.rules.team_size, " yet"));
+      break;
+    case matcher::Blocker::kRatingSpread:
+      s->set_blocked_by(mm::Searching::RATING_SPREAD);
+      if (e.acceptable_at.has_value()) {
+        const absl::Duration in = std::max(*e.acceptable_at - now, absl::ZeroDuration());
+        *s->mutable_expected_wait() = ToProtoDuration(in);
+        s->set_reason(absl::StrFormat(
+            "the closest group spans %.0f rating; the window is %.0f now and covers it in "
+            "about %s",
+            e.best_spread, e.window, absl::FormatDuration(absl::Trunc(in, absl::Seconds(1)))));
+      } else {
+        s->set_reason(absl::StrFormat(
+            "the closest group spans %.0f rating, wider than this queue accepts; waiting for "
+            "closer players",
+            e.best_spread));
+      }
+      break;
+  }
+  return ev;
+}
+
+mm::Ticket QueueRuntime::ToProto(const Ticket& t) const {
+  mm::Ticket out;
+  out.set_ticket_id(t.id);
+  out.set_queue(settings_.name);
+  out.set_state(t.state);
+  if (t.match != nullptr) *out.mutable_match() = t.match->match;
+  *out.mutable_players() = t.players;
+  *out.mutable_created() = ToProtoTime(t.created);
+  out.set_last_seq(t.seq);
+  out.set_detail(t.detail);
+  if ((t.state == mm::Ticket::QUEUED && t.poll && t.link == nullptr) ||
+      t.state == mm::Ticket::DETACHED) {
+    *out.mutable_expires() = ToProtoTime(t.lease_until);
+  }
+  return out;
+}
+
+}  // namespace matchd

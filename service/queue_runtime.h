@@ -1,0 +1,118 @@
+// One queue at run time: its matcher pool, its tickets and the players they
+// hold, and the timers that drive them. Owned by exactly one event loop:
+// every method except the counters runs on that loop, so the hot path takes
+// no lock. Other loops reach it by posting to loop().
+#ifndef MATCHD_SERVICE_QUEUE_RUNTIME_H_
+#define MATCHD_SERVICE_QUEUE_RUNTIME_H_
+
+#include <atomic>
+#include <memory>
+#include <random>
+#include <string>
+#include <unordered_map>
+
+#include "matcher/pool.h"
+#include "matchmaking/v1/matchmaking.pb.h"
+#include "service/config.h"
+#include "service/event_loop.h"
+#include "service/events.h"
+#include "service/runtime.h"
+
+namespace matchd {
+
+// Why a stream left its ticket.
+enum class DetachReason {
+  kCallEnded,        // the caller cancelled or the connection died
+  kCallerDeadline,   // the caller's deadline passed
+};
+
+class QueueRuntime final : private matcher::PoolListener {
+ public:
+  QueueRuntime(int index, QueueSettings settings, Runtime* runtime, EventLoop* loop);
+  ~QueueRuntime() override;
+
+  const QueueSettings& settings() const { return settings_; }
+  EventLoop* loop() const { return loop_; }
+  int index() const { return index_; }
+
+  // Loop-thread only. The party has been validated by the caller.
+  // FindMatch: the ticket's events go to `link`; `caller_deadline` is the
+  // call's deadline (InfiniteFuture if none).
+  void FindMatch(matchmaking::v1::FindMatchRequest request, std::shared_ptr<StreamLink> link,
+                 absl::Time caller_deadline);
+  void CreateTicket(matchmaking::v1::CreateTicketRequest request,
+                    Responder<matchmaking::v1::Ticket>* responder);
+  void GetTicket(const std::string& ticket_id, Responder<matchmaking::v1::Ticket>* responder);
+  void CancelTicket(const std::string& ticket_id, Responder<matchmaking::v1::Ticket>* responder);
+  void WatchTicket(const std::string& ticket_id, uint64_t after_seq,
+                   std::shared_ptr<StreamLink> link);
+  // The stream `link` ended without the server ending it.
+  void Detach(const StreamLink* link, DetachReason reason);
+  // Ends every attached stream with UNAVAILABLE and cancels stream tickets.
+  void Drain();
+
+  // Live counts for ListQueues; thread-safe.
+  uint32_t tickets_waiting() const { return tickets_waiting_.load(std::memory_order_relaxed); }
+  uint32_t players_waiting() const { return players_waiting_.load(std::memory_order_relaxed); }
+  uint64_t matches_formed() const { return matches_formed_.load(std::memory_order_relaxed); }
+
+  // The queue index encoded in a ticket id (already format-checked), or -1.
+  static int QueueIndexOf(const std::string& ticket_id);
+
+ private:
+  using State = matchmaking::v1::Ticket::State;
+  struct Ticket;
+
+  // PoolListener.
+  bool StillWaiting(matcher::TicketKey key) override;
+  void OnMatched(const matcher::FormedMatch& match) override;
+  void OnExpired(matcher::TicketKey key) override;
+  void OnWithdrawn(matcher::TicketKey key) override;
+
+  // Admission shared by FindMatch and CreateTicket: capacity and player
+  // uniqueness. On success the ticket exists, holds its players and is in the pool.
+  absl::StatusOr<Ticket*> Admit(
+      const google::protobuf::RepeatedPtrField<matchmaking::v1::Player>& players, bool poll,
+      absl::Time expires);
+  Ticket* Find(const std::string& ticket_id);
+  void RunPool();
+  // Moves a ticket to a terminal state: leaves the pool, frees its players,
+  // ends its stream with `stream_status` (if attached) and schedules removal.
+  void Finish(Ticket& t, State state, std::string detail, const grpc::Status& stream_status,
+              grpc::ByteBuffer* last = nullptr);
+  void Attach(Ticket& t, std::shared_ptr<StreamLink> link);
+  void ScheduleHeartbeat(Ticket& t);
+  void ScheduleLease(Ticket& t, absl::Time when);
+  void Heartbeat(matcher::TicketKey key);
+  void LeaseExpired(matcher::TicketKey key);
+  void Requeue(Ticket& t);
+  matchmaking::v1::MatchEvent QueuedEvent(const Ticket& t, uint64_t seq) const;
+  matchmaking::v1::MatchEvent SearchingEvent(Ticket& t);
+  matchmaking::v1::Ticket ToProto(const Ticket& t) const;
+  void PublishCounts();
+
+  const int index_;
+  const QueueSettings settings_;
+  Runtime* const runtime_;  // not owned
+  EventLoop* const loop_;   // not owned
+  matcher::Pool pool_;
+  std::unordered_map<matcher::TicketKey, std::unique_ptr<Ticket>> tickets_;
+  // Player id -> the QUEUED or DETACHED ticket holding it.
+  std::unordered_map<std::string, matcher::TicketKey> players_;
+  matcher::TicketKey next_key_ = 1;
+  std::mt19937_64 rng_;
+  EventLoop::TimerId pool_timer_ = 0;
+  absl::Time pool_timer_at_ = absl::InfiniteFuture();
+  bool draining_ = false;
+  // True while pool_.Process runs: the pool must not be called back then.
+  bool in_pool_callback_ = false;
+  int active_ = 0;  // tickets QUEUED or DETACHED
+
+  std::atomic<uint32_t> tickets_waiting_{0};
+  std::atomic<uint32_t> players_waiting_{0};
+  std::atomic<uint64_t> matches_formed_{0};
+};
+
+}  // namespace matchd
+
+#endif  // MATCHD_SERVICE_QUEUE_RUNTIME_H_

@@ -1,0 +1,104 @@
+// State shared by the server's event loops, and the two ways a queue's loop
+// talks back to a call owned by another loop.
+#ifndef MATCHD_SERVICE_RUNTIME_H_
+#define MATCHD_SERVICE_RUNTIME_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/status.h>
+
+#include "matcher/clock.h"
+#include "matchmaking/v1/matchmaking.grpc.pb.h"
+#include "service/config.h"
+#include "service/event_loop.h"
+
+namespace matchd {
+
+class QueueRuntime;
+class StreamCall;
+
+// FindMatch and WatchTicket are raw (their events are built as bytes, see
+// events.h); the unary methods are typed.
+using MatchmakerService = matchmaking::v1::Matchmaker::WithRawMethod_FindMatch<
+    matchmaking::v1::Matchmaker::WithRawMethod_WatchTicket<
+        matchmaking::v1::Matchmaker::WithAsyncMethod_CreateTicket<
+            matchmaking::v1::Matchmaker::WithAsyncMethod_GetTicket<
+                matchmaking::v1::Matchmaker::WithAsyncMethod_CancelTicket<
+                    matchmaking::v1::Matchmaker::WithAsyncMethod_ListQueues<
+                        matchmaking::v1::Matchmaker::Service>>>>>>;
+
+// Server-wide settings that are not per queue.
+struct RuntimeLimits {
+  absl::Duration heartbeat_interval = absl::Seconds(5);
+  absl::Duration ticket_retention = absl::Seconds(60);
+  int64_t max_waiting_tickets = 1'000'000;  // across all queues
+};
+
+// Shared by every loop. Immutable after start except the atomics.
+struct Runtime {
+  RuntimeLimits limits;
+  const Clock* clock = nullptr;  // not owned
+  MatchmakerService service;
+  std::vector<std::unique_ptr<EventLoop>> loops;
+  std::vector<std::unique_ptr<QueueRuntime>> queues;
+  std::unordered_map<std::string, int> queue_index;
+  std::atomic<bool> draining{false};
+  // Tickets not yet in a terminal state, all queues together.
+  std::atomic<int64_t> active_tickets{0};
+
+  QueueRuntime* FindQueue(const std::string& name) const;
+};
+
+// Connects a ticket, owned by its queue's loop, to the stream call that
+// carries its events, owned by the call's loop. Refcounted: both sides hold
+// it. The queue's loop calls Send/Close (any thread may); they run on the
+// call's loop in the order they were made.
+class StreamLink final : public std::enable_shared_from_this<StreamLink> {
+ public:
+  StreamLink(EventLoop* call_loop, StreamCall* call) : call_loop_(call_loop), call_(call) {}
+
+  // Queues an event for the stream.
+  void Send(grpc::ByteBuffer event);
+  // Ends the stream with `status` after the queued events (and `last`, if given).
+  void Close(grpc::Status status, grpc::ByteBuffer* last = nullptr);
+
+  // True once the call has ended for any reason (client cancel, connection
+  // loss, deadline, or our Close completed). Set on the call's loop; read
+  // anywhere.
+  bool gone() const { return gone_.load(std::memory_order_acquire); }
+
+  // Call-loop side.
+  void MarkGone() { gone_.store(true, std::memory_order_release); }
+  void Unbind() { call_ = nullptr; }
+
+  // Queue-loop side: the ticket this stream carries (0 until attached).
+  uint64_t ticket_key() const { return ticket_key_; }
+  void set_ticket_key(uint64_t key) { ticket_key_ = key; }
+
+ private:
+  EventLoop* const call_loop_;
+  StreamCall* call_;  // not owned; touched only on call_loop_, null once deleted
+  std::atomic<bool> gone_{false};
+  uint64_t ticket_key_ = 0;  // touched only on the ticket's queue loop
+};
+
+// The reply side of a unary call. Reply/Fail are called exactly once, from
+// any loop; the call then completes on its own loop.
+template <typename Response>
+class Responder {
+ public:
+  virtual void Reply(const Response& response) = 0;
+  virtual void Fail(const grpc::Status& status) = 0;
+
+ protected:
+  ~Responder() = default;
+};
+
+}  // namespace matchd
+
+#endif  // MATCHD_SERVICE_RUNTIME_H_

@@ -1,0 +1,796 @@
+#include "matcher/pool.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+#include <iostream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace matchd::matcher {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+const absl::Time kT0 = absl::FromUnixSeconds(1'700'000'000);
+
+class RecordingListener : public PoolListener {
+ public:
+  bool StillWaiting(TicketKey key) override { return !gone.count(key); }
+  void OnMatched(const FormedMatch& match) override {
+    matches.push_back(match);
+  }
+  void OnExpired(TicketKey key) override { expired.push_back(key); }
+  void OnWithdrawn(TicketKey key) override { withdrawn.push_back(key); }
+
+  std::set<TicketKey> gone;
+  std::vector<FormedMatch> matches;
+  std::vector<TicketKey> expired;
+  std::vector<TicketKey> withdrawn;
+};
+
+TicketSpec Ticket(TicketKey key, double rating, absl::Time enqueued_at,
+                  int party_size = 1,
+                  absl::Time expires_at = absl::InfiniteFuture()) {
+  TicketSpec spec;
+  spec.key = key;
+  spec.rating = rating;
+  spec.enqueued_at = enqueued_at;
+  spec.party_size = party_size;
+  spec.expires_at = expires_at;
+  return spec;
+}
+
+QueueRules Rated(int team_count, int team_size, int max_party_size,
+                 double initial_window, double widen_per_second,
+                 double max_window = 0) {
+  QueueRules rules;
+  rules.team_count = team_count;
+  rules.team_size = team_size;
+  rules.max_party_size = max_party_size;
+  rules.rated = true;
+  rules.initial_window = initial_window;
+  rules.widen_per_second = widen_per_second;
+  rules.max_window = max_window;
+  return rules;
+}
+
+QueueRules Unrated(int team_count, int team_size, int max_party_size) {
+  QueueRules rules;
+  rules.team_count = team_count;
+  rules.team_size = team_size;
+  rules.max_party_size = max_party_size;
+  return rules;
+}
+
+// Sorted keys of every team, teams sorted: compares matches regardless of
+// team order.
+std::vector<std::vector<TicketKey>> Normalized(const FormedMatch& match) {
+  std::vector<std::vector<TicketKey>> teams = match.teams;
+  for (auto& team : teams) std::sort(team.begin(), team.end());
+  std::sort(teams.begin(), teams.end());
+  return teams;
+}
+
+std::vector<TicketKey> AllKeys(const FormedMatch& match) {
+  std::vector<TicketKey> keys;
+  for (const auto& team : match.teams) {
+    keys.insert(keys.end(), team.begin(), team.end());
+  }
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+TEST(QueueRulesTest, WindowAt) {
+  QueueRules rules = Rated(2, 1, 1, 100, 10, 250);
+  EXPECT_EQ(rules.WindowAt(absl::ZeroDuration()), 100);
+  EXPECT_EQ(rules.WindowAt(absl::Seconds(-5)), 100);
+  EXPECT_EQ(rules.WindowAt(absl::Seconds(5)), 150);
+  EXPECT_EQ(rules.WindowAt(absl::Seconds(100)), 250);
+  rules.max_window = 0;
+  EXPECT_EQ(rules.WindowAt(absl::Seconds(100)), 1100);
+  rules.widen_per_second = 0;
+  EXPECT_EQ(rules.WindowAt(absl::InfiniteDuration()), 100);
+  EXPECT_TRUE(std::isinf(Unrated(2, 1, 1).WindowAt(absl::ZeroDuration())));
+}
+
+TEST(ValidateRulesTest, AcceptsValidRules) {
+  EXPECT_TRUE(ValidateRules(QueueRules()).ok());
+  EXPECT_TRUE(ValidateRules(Rated(2, 5, 5, 50, 5, 400)).ok());
+  EXPECT_TRUE(ValidateRules(Rated(200, 1, 1, 0, 0, 0)).ok());
+}
+
+TEST(ValidateRulesTest, NamesTheOffendingField) {
+  struct Case {
+    QueueRules rules;
+    std::string field;
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<Case> cases = {
+      {Rated(0, 1, 1, 0, 0), "team_count"},
+      {Rated(2, 0, 1, 0, 0), "team_size"},
+      {Rated(2, 101, 1, 0, 0), "team_count * team_size"},
+      {Rated(1 << 20, 1 << 20, 1, 0, 0), "team_count * team_size"},
+      {Rated(2, 5, 0, 0, 0), "max_party_size"},
+      {Rated(2, 5, 6, 0, 0), "max_party_size"},
+      {Rated(2, 1, 1, -1, 0), "initial_window"},
+      {Rated(2, 1, 1, nan, 0), "initial_window"},
+      {Rated(2, 1, 1, inf, 0), "initial_window"},
+      {Rated(2, 1, 1, 0, -1), "widen_per_second"},
+      {Rated(2, 1, 1, 0, nan), "widen_per_second"},
+      {Rated(2, 1, 1, 0, 0, -1), "max_window"},
+      {Rated(2, 1, 1, 0, 0, inf), "max_window"},
+      {Rated(2, 1, 1, 100, 0, 50), "max_window"},
+  };
+  QueueRules no_wait = Rated(2, 1, 1, 0, 0);
+  no_wait.max_wait = absl::ZeroDuration();
+  cases.push_back({no_wait, "max_wait"});
+  for (const Case& c : cases) {
+    const absl::Status status = ValidateRules(c.rules);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_THAT(status.message(), HasSubstr(c.field));
+  }
+}
+
+TEST(PoolTest, AddErrors) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 5, 3, 100, 10), &listener);
+  EXPECT_EQ(pool.Add(Ticket(1, 1000, kT0, 0)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pool.Add(Ticket(1, 1000, kT0, 4)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pool.Add(Ticket(1, std::nan(""), kT0)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(pool.Contains(1));
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0, 3)).ok());
+  EXPECT_EQ(pool.Add(Ticket(1, 1200, kT0, 1)).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(pool.tickets_waiting(), 1u);
+  EXPECT_EQ(pool.players_waiting(), 3);
+  EXPECT_TRUE(pool.Remove(1));
+  EXPECT_TRUE(pool.Add(Ticket(1, 1200, kT0, 1)).ok());
+  EXPECT_EQ(pool.players_waiting(), 1);
+}
+
+TEST(PoolTest, PairWithinInitialWindowMatchesAtOnce) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10), &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1050, kT0)).ok());
+  EXPECT_LE(pool.NextWakeup(), kT0);  // due at the next Process
+  EXPECT_EQ(pool.Explain(1, kT0).blocker, Blocker::kNone);
+  pool.Process(kT0);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  const FormedMatch& match = listener.matches[0];
+  EXPECT_THAT(Normalized(match), ElementsAre(ElementsAre(1), ElementsAre(2)));
+  EXPECT_EQ(match.rating_spread, 50);
+  EXPECT_EQ(match.team_gap, 50);
+  EXPECT_EQ(match.mean_wait, absl::ZeroDuration());
+  EXPECT_EQ(match.formed_at, kT0);
+  EXPECT_EQ(pool.tickets_waiting(), 0u);
+  EXPECT_EQ(pool.players_waiting(), 0);
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+}
+
+TEST(PoolTest, PairOutsideWindowMatchesExactlyWhenWindowCoversIt) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10), &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1150, kT0)).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  const absl::Time widened = kT0 + absl::Seconds(5);  // 100 + 10 * 5 = 150
+  EXPECT_EQ(pool.NextWakeup(), widened);
+
+  const Explanation explanation = pool.Explain(2, kT0 + absl::Seconds(1));
+  EXPECT_EQ(explanation.blocker, Blocker::kRatingSpread);
+  EXPECT_EQ(explanation.best_spread, 150);
+  EXPECT_EQ(explanation.acceptable_at, widened);
+  EXPECT_EQ(explanation.window, 110);
+  EXPECT_EQ(explanation.waited, absl::Seconds(1));
+  EXPECT_EQ(explanation.players_waiting, 2);
+  EXPECT_EQ(explanation.players_needed, 2);
+
+  pool.Process(widened - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.NextWakeup(), widened);
+  pool.Process(widened);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].rating_spread, 150);
+  EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(5));
+  EXPECT_EQ(listener.matches[0].formed_at, widened);
+}
+
+TEST(PoolTest, AcceptanceUsesTheMeanWaitOfTheGroup) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10), &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  pool.Process(kT0);
+  const absl::Time later = kT0 + absl::Seconds(10);
+  ASSERT_TRUE(pool.Add(Ticket(2, 1250, later)).ok());
+  pool.Process(later);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  // The old ticket alone would accept 250 at 15s; the pair's mean wait
+  // reaches 15s only at 20s (20s and 10s).
+  const absl::Time acceptable = kT0 + absl::Seconds(20);
+  EXPECT_EQ(pool.NextWakeup(), acceptable);
+  pool.Process(kT0 + absl::Seconds(15));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(acceptable - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(acceptable);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(15));
+}
+
+TEST(PoolTest, OldestAnchorPicksItsNearestPartnerFirst) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 1000, 0), &listener);
+  // All pairs are acceptable. 2, processed first, would take 3 (90 away,
+  // against 100 to 1); but 1 is the oldest, takes its nearest (3, 10 away)
+  // and 2 waits.
+  ASSERT_TRUE(pool.Add(Ticket(2, 1100, kT0 + absl::Seconds(1))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(3, 1010, kT0 + absl::Seconds(2))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  pool.Process(kT0 + absl::Seconds(2));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(1, 3));
+  EXPECT_TRUE(pool.Contains(2));
+}
+
+TEST(PoolTest, NewcomerLetsAnOlderTicketFormItsBestGroup) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 150, 0), &listener);
+  // 200 apart: never acceptable, so neither has a retry pending.
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1200, kT0 + absl::Seconds(1))).ok());
+  pool.Process(kT0 + absl::Seconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+  // 3 is nearest to 2 (70), but 1 (older, 130 away) is re-evaluated first.
+  ASSERT_TRUE(pool.Add(Ticket(3, 1130, kT0 + absl::Seconds(2))).ok());
+  pool.Process(kT0 + absl::Seconds(2));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(1, 3));
+}
+
+TEST(PoolTest, FiveVersusFiveKeepsPartiesTogether) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 5, 5, 1000, 0), &listener);
+  const std::map<TicketKey, int> party = {{1, 3}, {2, 2}, {3, 2},
+                                          {4, 1}, {5, 1}, {6, 1}};
+  for (const auto& [key, size] : party) {
+    ASSERT_TRUE(pool.Add(Ticket(key, 1000 + 10 * key, kT0, size)).ok());
+  }
+  pool.Process(kT0);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  const FormedMatch& match = listener.matches[0];
+  ASSERT_EQ(match.teams.size(), 2u);
+  for (const auto& team : match.teams) {
+    int players = 0;
+    for (TicketKey key : team) players += party.at(key);
+    EXPECT_EQ(players, 5);
+  }
+  EXPECT_THAT(AllKeys(match), ElementsAre(1, 2, 3, 4, 5, 6));
+  // Inside a team: larger parties first, then by key.
+  for (const auto& team : match.teams) {
+    for (size_t i = 1; i < team.size(); ++i) {
+      const auto prev = std::make_pair(-party.at(team[i - 1]), team[i - 1]);
+      const auto cur = std::make_pair(-party.at(team[i]), team[i]);
+      EXPECT_LT(prev, cur);
+    }
+  }
+}
+
+TEST(PoolTest, UnpackablePartiesWaitUntilTheRightTicketArrives) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 5, 5, 1000, 0), &listener);
+  // 10 players, but no team of 5 holds two 3-stacks.
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0, 3)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1010, kT0, 3)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(3, 1020, kT0, 3)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(4, 1030, kT0, 1)).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  Explanation explanation = pool.Explain(1, kT0);
+  EXPECT_EQ(explanation.blocker, Blocker::kTeamPacking);
+  EXPECT_EQ(explanation.players_waiting, 10);
+  EXPECT_EQ(explanation.players_needed, 10);
+  // No retry until something changes.
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+
+  // No single ticket completes {3,3,3,1}; a 2-stack and then a solo do:
+  // (3,2) against (3,1,1).
+  ASSERT_TRUE(pool.Add(Ticket(5, 1040, kT0, 2)).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.Explain(5, kT0).blocker, Blocker::kTeamPacking);
+  ASSERT_TRUE(pool.Add(Ticket(6, 1050, kT0, 1)).ok());
+  pool.Process(kT0);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  const std::vector<TicketKey> keys = AllKeys(listener.matches[0]);
+  ASSERT_EQ(keys.size(), 5u);
+  EXPECT_THAT(std::vector<TicketKey>(keys.begin() + 2, keys.end()),
+              ElementsAre(4, 5, 6));
+  EXPECT_EQ(pool.tickets_waiting(), 1u);
+}
+
+// The smallest team gap over every split of `ratings` (solo players) into
+// two teams of equal size.
+double BruteForceGap(const std::vector<double>& ratings) {
+  const int n = static_cast<int>(ratings.size());
+  double best = std::numeric_limits<double>::infinity();
+  for (int mask = 0; mask < (1 << n); ++mask) {
+    if (__builtin_popcount(mask) != n / 2 || !(mask & 1)) continue;
+    double a = 0;
+    double b = 0;
+    for (int i = 0; i < n; ++i) ((mask >> i) & 1 ? a : b) += ratings[i];
+    best = std::min(best, std::abs(a - b) / (n / 2));
+  }
+  return best;
+}
+
+TEST(PoolTest, TeamSplitIsOptimalForSmallGroups) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> rating(1000, 2000);
+  for (int round = 0; round < 20; ++round) {
+    RecordingListener listener;
+    Pool pool(Rated(2, 5, 1, 10000, 0), &listener);
+    std::vector<double> ratings;
+    std::map<TicketKey, double> by_key;
+    for (TicketKey key = 1; key <= 10; ++key) {
+      ratings.push_back(std::round(rating(rng)));
+      by_key[key] = ratings.back();
+      ASSERT_TRUE(pool.Add(Ticket(key, ratings.back(), kT0)).ok());
+    }
+    pool.Process(kT0);
+    ASSERT_EQ(listener.matches.size(), 1u);
+    const FormedMatch& match = listener.matches[0];
+    // 126 splits (the first player on the first team).
+    EXPECT_NEAR(match.team_gap, BruteForceGap(ratings), 1e-9) << round;
+    // And the reported gap is the one of the reported teams.
+    ASSERT_EQ(match.teams.size(), 2u);
+    double sums[2] = {0, 0};
+    for (int t = 0; t < 2; ++t) {
+      ASSERT_EQ(match.teams[t].size(), 5u);
+      for (TicketKey key : match.teams[t]) sums[t] += by_key[key];
+    }
+    EXPECT_NEAR(match.team_gap, std::abs(sums[0] - sums[1]) / 5, 1e-9);
+  }
+}
+
+TEST(PoolTest, TeamSplitWithPartiesIsOptimal) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> rating(1000, 2000);
+  for (int round = 0; round < 20; ++round) {
+    RecordingListener listener;
+    Pool pool(Rated(2, 6, 3, 10000, 0), &listener);
+    std::vector<std::pair<int, double>> tickets;  // party size, rating
+    int players = 0;
+    while (players < 12) {
+      const int size =
+          std::min(12 - players, std::uniform_int_distribution<int>(1, 3)(rng));
+      tickets.push_back({size, std::round(rating(rng))});
+      players += size;
+    }
+    for (size_t i = 0; i < tickets.size(); ++i) {
+      ASSERT_TRUE(
+          pool.Add(Ticket(i, tickets[i].second, kT0, tickets[i].first)).ok());
+    }
+    pool.Process(kT0);
+    if (listener.matches.empty()) continue;  // an unpackable draw
+    const int n = static_cast<int>(tickets.size());
+    double best = std::numeric_limits<double>::infinity();
+    for (int mask = 0; mask < (1 << n); ++mask) {
+      int size_a = 0;
+      double sum_a = 0;
+      double sum_b = 0;
+      for (int i = 0; i < n; ++i) {
+        const double weighted = tickets[i].first * tickets[i].second;
+        if ((mask >> i) & 1) {
+          size_a += tickets[i].first;
+          sum_a += weighted;
+        } else {
+          sum_b += weighted;
+        }
+      }
+      if (size_a == 6) best = std::min(best, std::abs(sum_a - sum_b) / 6);
+    }
+    ASSERT_EQ(listener.matches.size(), 1u);
+    EXPECT_NEAR(listener.matches[0].team_gap, best, 1e-9) << round;
+  }
+}
+
+TEST(PoolTest, UnratedFillsOldestFirst) {
+  RecordingListener listener;
+  Pool pool(Unrated(2, 2, 2), &listener);
+  // Added newest first so that insertion order does not pass for age order.
+  ASSERT_TRUE(pool.Add(Ticket(5, 0, kT0 + absl::Seconds(5), 2)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(4, 0, kT0 + absl::Seconds(4))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(3, 0, kT0 + absl::Seconds(3))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 0, kT0 + absl::Seconds(2))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(1, 0, kT0 + absl::Seconds(1), 2)).ok());
+  pool.Process(kT0 + absl::Seconds(5));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  const FormedMatch& match = listener.matches[0];
+  EXPECT_THAT(Normalized(match), ElementsAre(ElementsAre(1), ElementsAre(2, 3)));
+  EXPECT_EQ(match.rating_spread, 0);
+  EXPECT_EQ(match.team_gap, 0);
+  EXPECT_EQ(match.mean_wait, absl::Seconds(3));  // 4s, 3s, 2s
+  EXPECT_TRUE(pool.Contains(4));
+  EXPECT_TRUE(pool.Contains(5));
+  EXPECT_EQ(pool.Explain(4, kT0 + absl::Seconds(5)).blocker,
+            Blocker::kNotEnoughPlayers);
+  EXPECT_EQ(pool.Explain(4, kT0 + absl::Seconds(5)).window, 0);
+}
+
+TEST(PoolTest, FreeForAllOfEight) {
+  RecordingListener listener;
+  Pool pool(Rated(8, 1, 1, 100, 0), &listener);
+  for (TicketKey key = 1; key <= 8; ++key) {
+    ASSERT_TRUE(pool.Add(Ticket(key, 1000 + 10 * key, kT0)).ok());
+  }
+  ASSERT_TRUE(pool.Add(Ticket(9, 2000, kT0)).ok());
+  pool.Process(kT0);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  const FormedMatch& match = listener.matches[0];
+  ASSERT_EQ(match.teams.size(), 8u);
+  for (const auto& team : match.teams) EXPECT_EQ(team.size(), 1u);
+  EXPECT_THAT(AllKeys(match), ElementsAre(1, 2, 3, 4, 5, 6, 7, 8));
+  EXPECT_EQ(match.rating_spread, 70);
+  EXPECT_EQ(match.team_gap, 70);
+  EXPECT_TRUE(pool.Contains(9));
+}
+
+TEST(PoolTest, ExpiresAtExpiryAndNotBefore) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10), &listener);
+  const absl::Time expiry = kT0 + absl::Seconds(10);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0, 1, expiry)).ok());
+  pool.Process(kT0);
+  EXPECT_EQ(pool.NextWakeup(), expiry);
+  pool.Process(expiry - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.expired, IsEmpty());
+  EXPECT_TRUE(pool.Contains(1));
+  pool.Process(expiry);
+  EXPECT_THAT(listener.expired, ElementsAre(1));
+  EXPECT_FALSE(pool.Contains(1));
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+}
+
+TEST(PoolTest, ExpiredTicketIsNeverMatched) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10), &listener);
+  // They would match at 5s; 1 expires at 4s.
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0, 1, kT0 + absl::Seconds(4))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1150, kT0, 1, kT0 + absl::Seconds(60))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(3, 1300, kT0, 1, kT0 + absl::Seconds(60))).ok());
+  pool.Process(kT0);
+  EXPECT_EQ(pool.NextWakeup(), kT0 + absl::Seconds(4));
+  // Explain, like Process, leaves out what expires by `now`.
+  const Explanation explanation = pool.Explain(2, kT0 + absl::Seconds(6));
+  EXPECT_EQ(explanation.players_waiting, 2);
+  EXPECT_EQ(explanation.blocker, Blocker::kNone);
+  // A late Process: 1 expires first although its group is acceptable by
+  // now, and 2 and 3 match without it.
+  pool.Process(kT0 + absl::Seconds(6));
+  EXPECT_THAT(listener.expired, ElementsAre(1));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(2, 3));
+}
+
+TEST(PoolTest, WithdrawnTicketLeavesAndTheOthersKeepTheirPlace) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 0), &listener);
+  listener.gone.insert(1);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1010, kT0)).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.withdrawn, ElementsAre(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_FALSE(pool.Contains(1));
+  EXPECT_TRUE(pool.Contains(2));
+
+  const absl::Time later = kT0 + absl::Seconds(7);
+  EXPECT_EQ(pool.Explain(2, later).waited, absl::Seconds(7));
+  ASSERT_TRUE(pool.Add(Ticket(3, 1020, later)).ok());
+  pool.Process(later);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(2, 3));
+  EXPECT_EQ(listener.matches[0].mean_wait, absl::Milliseconds(3500));
+}
+
+TEST(PoolTest, AfterAWithdrawalTheRestMatchInTheSameProcess) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 0), &listener);
+  listener.gone.insert(1);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1010, kT0 + absl::Seconds(1))).ok());
+  ASSERT_TRUE(pool.Add(Ticket(3, 1050, kT0 + absl::Seconds(2))).ok());
+  pool.Process(kT0 + absl::Seconds(2));
+  EXPECT_THAT(listener.withdrawn, ElementsAre(1));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(2, 3));
+  EXPECT_EQ(pool.tickets_waiting(), 0u);
+}
+
+TEST(PoolTest, RemovedTicketIsNeverMatched) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10), &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1010, kT0)).ok());
+  EXPECT_TRUE(pool.Remove(1));
+  EXPECT_FALSE(pool.Remove(1));
+  EXPECT_FALSE(pool.Contains(1));
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+
+  // A removed ticket's pending retry is dropped too.
+  ASSERT_TRUE(pool.Add(Ticket(3, 1500, kT0)).ok());
+  pool.Process(kT0);
+  EXPECT_EQ(pool.NextWakeup(), kT0 + absl::Seconds(39));  // 490 = 100 + 39*10
+  EXPECT_TRUE(pool.Remove(3));
+  pool.Process(kT0 + absl::Seconds(60));
+  EXPECT_THAT(listener.matches, IsEmpty());
+
+  ASSERT_TRUE(pool.Add(Ticket(4, 1020, kT0 + absl::Seconds(60))).ok());
+  pool.Process(kT0 + absl::Seconds(60));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(2, 4));
+}
+
+TEST(PoolTest, ExplainBlockers) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10, 300), &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  Explanation explanation = pool.Explain(1, kT0 + absl::Seconds(3));
+  EXPECT_EQ(explanation.blocker, Blocker::kNotEnoughPlayers);
+  EXPECT_EQ(explanation.players_waiting, 1);
+  EXPECT_EQ(explanation.players_needed, 2);
+  EXPECT_EQ(explanation.window, 130);
+  EXPECT_EQ(explanation.acceptable_at, std::nullopt);
+
+  ASSERT_TRUE(pool.Add(Ticket(2, 1200, kT0 + absl::Seconds(2))).ok());
+  explanation = pool.Explain(1, kT0 + absl::Seconds(3));
+  EXPECT_EQ(explanation.blocker, Blocker::kRatingSpread);
+  EXPECT_EQ(explanation.best_spread, 200);
+  // Mean wait 10s: 11s and 9s.
+  EXPECT_EQ(explanation.acceptable_at, kT0 + absl::Seconds(11));
+  EXPECT_EQ(pool.Explain(1, kT0 + absl::Seconds(11)).blocker, Blocker::kNone);
+
+  // Beyond max_window: never acceptable.
+  ASSERT_TRUE(pool.Remove(2));
+  ASSERT_TRUE(pool.Add(Ticket(3, 1400, kT0)).ok());
+  explanation = pool.Explain(1, kT0 + absl::Seconds(1000));
+  EXPECT_EQ(explanation.blocker, Blocker::kRatingSpread);
+  EXPECT_EQ(explanation.best_spread, 400);
+  EXPECT_EQ(explanation.acceptable_at, std::nullopt);
+  pool.Process(kT0);
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+}
+
+// A random workload against one set of rules, checking every callback.
+class Simulation : public PoolListener {
+ public:
+  Simulation(QueueRules rules, uint32_t seed)
+      : rules_(rules), pool_(rules, this), rng_(seed) {}
+
+  bool StillWaiting(TicketKey key) override {
+    EXPECT_TRUE(pool_.Contains(key)) << key;
+    return !gone_.count(key);
+  }
+  void OnMatched(const FormedMatch& match) override {
+    EXPECT_EQ(match.formed_at, now_);
+    EXPECT_EQ(static_cast<int>(match.teams.size()), rules_.team_count);
+    double lo = std::numeric_limits<double>::infinity();
+    double hi = -lo;
+    absl::Duration sum_wait;
+    int tickets = 0;
+    for (const auto& team : match.teams) {
+      int players = 0;
+      for (TicketKey key : team) {
+        EXPECT_TRUE(waiting_.count(key)) << "not waiting: " << key;
+        EXPECT_FALSE(gone_.count(key)) << "gone: " << key;
+        EXPECT_FALSE(pool_.Contains(key)) << "still in the pool: " << key;
+        const TicketSpec& spec = specs_.at(key);
+        players += spec.party_size;
+        lo = std::min(lo, spec.rating);
+        hi = std::max(hi, spec.rating);
+        sum_wait += now_ - spec.enqueued_at;
+        ++tickets;
+        waiting_.erase(key);
+        EXPECT_TRUE(matched_.insert(key).second) << "matched twice: " << key;
+      }
+      EXPECT_EQ(players, rules_.team_size);
+    }
+    EXPECT_EQ(match.mean_wait, sum_wait / tickets);
+    if (rules_.rated) {
+      EXPECT_EQ(match.rating_spread, hi - lo);
+      EXPECT_LE(match.rating_spread, rules_.WindowAt(match.mean_wait));
+      EXPECT_GE(match.team_gap, 0);
+    } else {
+      EXPECT_EQ(match.rating_spread, 0);
+      EXPECT_EQ(match.team_gap, 0);
+    }
+    log_.push_back(match); history_.push_back("match");
+  }
+  void OnExpired(TicketKey key) override {
+    EXPECT_TRUE(waiting_.erase(key)) << key; history_.push_back("exp" + std::to_string(key));
+    EXPECT_LE(specs_.at(key).expires_at, now_);
+    ++expired_;
+  }
+  void OnWithdrawn(TicketKey key) override {
+    EXPECT_TRUE(waiting_.erase(key)) << key;
+    EXPECT_TRUE(gone_.count(key)) << key;
+    ++withdrawn_;
+  }
+
+  void Run(int ticket_count) {
+    std::normal_distribution<double> rating(1500, 300);
+    std::uniform_int_distribution<int> party(1, rules_.max_party_size);
+    std::uniform_int_distribution<int> percent(0, 99);
+    now_ = kT0;
+    TicketKey next_key = 1;
+    while (next_key <= static_cast<TicketKey>(ticket_count)) {
+      const int action = percent(rng_);
+      if (action < 50) {
+        TicketSpec spec = Ticket(next_key++, std::round(rating(rng_)), now_);
+        // Mostly solo players, like real queues.
+        if (percent(rng_) < 30) spec.party_size = party(rng_);
+        spec.expires_at =
+            now_ + absl::Milliseconds(
+                       std::uniform_int_distribution<int>(1000, 120000)(rng_));
+        ASSERT_TRUE(pool_.Add(spec).ok()); history_.push_back("add" + std::to_string(spec.key));
+        specs_[spec.key] = spec;
+        waiting_.insert(spec.key);
+        if (percent(rng_) < 5) gone_.insert(spec.key);
+      } else if (action < 55 && !waiting_.empty()) {
+        auto it = waiting_.begin();
+        std::advance(it, std::uniform_int_distribution<size_t>(
+                             0, waiting_.size() - 1)(rng_));
+        const TicketKey key = *it;
+        waiting_.erase(it);
+        removed_.insert(key);
+        ASSERT_TRUE(pool_.Remove(key)); history_.push_back("rm" + std::to_string(key));
+        ASSERT_FALSE(pool_.Contains(key));
+      } else if (action < 80) {
+        now_ += absl::Milliseconds(
+            std::uniform_int_distribution<int>(0, 3000)(rng_));
+        Step();
+      } else if (action < 90) {
+        // Jump to the pool's own wakeup when it is soon.
+        const absl::Time wakeup = pool_.NextWakeup();
+        if (wakeup > now_ && wakeup < now_ + absl::Seconds(30)) now_ = wakeup;
+        Step();
+      } else {
+        Step();
+      }
+    }
+    now_ += absl::Seconds(1000);
+    Step();
+    EXPECT_EQ(pool_.tickets_waiting(), 0u);
+    EXPECT_TRUE(waiting_.empty());
+    for (TicketKey key : removed_) EXPECT_FALSE(matched_.count(key)) << key;
+    EXPECT_GT(matched_.size(), static_cast<size_t>(ticket_count) / 4);
+    EXPECT_GT(withdrawn_, 0);
+    EXPECT_GT(expired_, 0);
+  }
+
+  const std::vector<FormedMatch>& log() const { return log_; }
+
+ private:
+  void Step() {
+    pool_.Process(now_);
+    // Everything due by now has happened.
+    EXPECT_GT(pool_.NextWakeup(), now_);
+    EXPECT_EQ(pool_.tickets_waiting(), waiting_.size());
+    int players = 0;
+    for (TicketKey key : waiting_) {
+      EXPECT_TRUE(pool_.Contains(key)) << key;
+      EXPECT_GT(specs_.at(key).expires_at, now_) << key;
+      players += specs_.at(key).party_size;
+    }
+    EXPECT_EQ(pool_.players_waiting(), players);
+    // Nothing that Process could match now is left over, and no waiting
+    // group becomes acceptable before the pool's wakeup.
+    const absl::Time wakeup = pool_.NextWakeup();
+    for (TicketKey key : waiting_) {
+      const Explanation explanation = pool_.Explain(key, now_);
+      EXPECT_NE(explanation.blocker, Blocker::kNone) << key;
+      EXPECT_EQ(explanation.players_waiting, players);
+      if (explanation.acceptable_at.has_value()) {
+        EXPECT_GT(*explanation.acceptable_at, now_);
+        EXPECT_LE(wakeup, *explanation.acceptable_at) << key;
+      }
+      if (explanation.blocker == Blocker::kNone) {
+        std::cerr << "key " << key << " now " << now_ << "\n";
+        for (TicketKey k : waiting_) { const auto& sp = specs_.at(k); std::cerr << k << " p" << sp.party_size << " r" << sp.rating << " e" << sp.enqueued_at << "\n"; }
+        std::cerr << "history:"; for (auto& h : history_) std::cerr << " " << h; std::cerr << "\n";
+      }
+    }
+      history_.clear();
+      EXPECT_EQ(explanation.players_waiting, players);
+    }
+  }
+
+  const QueueRules rules_;
+  Pool pool_;
+  std::mt19937 rng_;
+  absl::Time now_;
+  std::map<TicketKey, TicketSpec> specs_;
+  std::set<TicketKey> waiting_;
+  std::set<TicketKey> gone_;
+  std::set<TicketKey> removed_;
+  std::set<TicketKey> matched_;
+  std::vector<FormedMatch> log_;
+  int expired_ = 0;
+  int withdrawn_ = 0;
+  std::string last_action_;
+  std::vector<std::string> history_;
+};
+
+struct SimulationCase {
+  std::string name;
+  QueueRules rules;
+};
+
+class RandomizedTest : public ::testing::TestWithParam<SimulationCase> {};
+
+TEST_P(RandomizedTest, InvariantsHold) {
+  Simulation simulation(GetParam().rules, 20240611);
+  simulation.Run(3000);
+  EXPECT_FALSE(simulation.log().empty());
+}
+
+TEST_P(RandomizedTest, Stress) {
+  const char* env = std::getenv("STRESS_SEEDS");
+  int n = env ? std::atoi(env) : 0;
+  for (int seed = 1; seed <= n; ++seed) {
+    Simulation simulation(GetParam().rules, seed);
+    simulation.Run(3000);
+    if (HasFailure()) { std::cerr << "seed " << seed << "\n"; return; }
+  }
+}
+
+TEST_P(RandomizedTest, SameSeedSameMatches) {
+  Simulation first(GetParam().rules, 99);
+  first.Run(1500);
+  Simulation second(GetParam().rules, 99);
+  second.Run(1500);
+  ASSERT_EQ(first.log().size(), second.log().size());
+  for (size_t i = 0; i < first.log().size(); ++i) {
+    const FormedMatch& a = first.log()[i];
+    const FormedMatch& b = second.log()[i];
+    EXPECT_EQ(a.teams, b.teams) << i;
+    EXPECT_EQ(a.formed_at, b.formed_at) << i;
+    EXPECT_EQ(a.rating_spread, b.rating_spread) << i;
+    EXPECT_EQ(a.team_gap, b.team_gap) << i;
+    EXPECT_EQ(a.mean_wait, b.mean_wait) << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Queues, RandomizedTest,
+    ::testing::Values(
+        SimulationCase{"Rated1v1", Rated(2, 1, 1, 50, 5, 400)},
+        SimulationCase{"Rated5v5Parties", Rated(2, 5, 5, 100, 10, 600)},
+        SimulationCase{"Rated10v10Greedy", Rated(2, 10, 4, 150, 10, 0)},
+        SimulationCase{"RatedFourTeamsOfThree", Rated(4, 3, 3, 200, 20, 0)},
+        SimulationCase{"RatedFreeForAll8", Rated(8, 1, 1, 200, 20, 0)},
+        SimulationCase{"Unrated3x4Parties", Unrated(3, 4, 3)}),
+    [](const ::testing::TestParamInfo<SimulationCase>& info) {
+      return info.param.name;
+    });
+
+}  // namespace
+}  // namespace matchd::matcher

@@ -1,0 +1,491 @@
+// Service tests: a real server on 127.0.0.1 port 0 (manual clock) and real
+// gRPC clients. No sleeps: tests wait for events or for a state to show.
+#include <chrono>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
+
+#include "tests/testing/test_server.h"
+
+namespace matchd::testing {
+namespace {
+
+namespace mm = ::matchmaking::v1;
+using ::testing::HasSubstr;
+using ::testing::UnorderedElementsAre;
+
+std::set<std::string> PlayerIds(const mm::Team& team) {
+  std::set<std::string> ids;
+  for (const auto& p : team.players()) ids.insert(p.id());
+  return ids;
+}
+
+grpc::Status FindError(mm::Matchmaker::Stub& stub, const std::string& queue,
+                       std::vector<mm::Player> players) {
+  auto stream = EventStream::Find(stub, queue, std::move(players));
+  return stream->Finish();
+}
+
+grpc::Status CreateTicket(mm::Matchmaker::Stub& stub, const std::string& queue,
+                          std::vector<mm::Player> players, mm::Ticket* out) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  mm::CreateTicketRequest request;
+  request.set_queue(queue);
+  for (auto& p : players) *request.add_players() = std::move(p);
+  return stub.CreateTicket(&ctx, request, out);
+}
+
+grpc::Status CancelTicket(mm::Matchmaker::Stub& stub, const std::string& id, mm::Ticket* out) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  mm::CancelTicketRequest request;
+  request.set_ticket_id(id);
+  return stub.CancelTicket(&ctx, request, out);
+}
+
+TEST(ServerTest, DuelPairIsMatchedOnTheirOpenCalls) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)});
+  mm::MatchEvent a1 = alice->Expect();
+  ASSERT_TRUE(a1.has_queued());
+  EXPECT_EQ(a1.seq(), 1u);
+  EXPECT_EQ(a1.queued().queue(), "duel");
+  EXPECT_EQ(a1.ticket_id().size(), 32u);
+
+  auto bob = EventStream::Find(ts.stub(), "duel", {MakePlayer("bob", 1550)});
+  mm::MatchEvent b1 = bob->Expect();
+  ASSERT_TRUE(b1.has_queued());
+  mm::MatchEvent b2 = bob->Expect();
+  mm::MatchEvent a2 = alice->Expect();
+  ASSERT_TRUE(a2.has_matched());
+  ASSERT_TRUE(b2.has_matched());
+  EXPECT_EQ(a2.seq(), 2u);
+  EXPECT_EQ(b2.seq(), 2u);
+  EXPECT_EQ(a2.ticket_id(), a1.ticket_id());
+  const mm::Match& m = a2.matched().match();
+  EXPECT_EQ(m.match_id(), b2.matched().match().match_id());
+  EXPECT_EQ(m.queue(), "duel");
+  ASSERT_EQ(m.teams_size(), 2);
+  std::set<std::string> all;
+  for (const auto& team : m.teams()) {
+    ASSERT_EQ(team.players_size(), 1);
+    all.insert(team.players(0).id());
+  }
+  EXPECT_THAT(all, UnorderedElementsAre("alice", "bob"));
+  EXPECT_THAT(m.ticket_ids(), UnorderedElementsAre(a1.ticket_id(), b1.ticket_id()));
+  EXPECT_DOUBLE_EQ(m.quality().rating_spread(), 50);
+  EXPECT_TRUE(alice->Finish().ok());
+  EXPECT_TRUE(bob->Finish().ok());
+  EXPECT_EQ(ts.GetTicket(a1.ticket_id()).state(), mm::Ticket::MATCHED);
+}
+
+TEST(ServerTest, SquadWithPartiesKeepsEachPartyOnOneTeam) {
+  TestServer ts;
+  // Parties of 3, 2, 2, 1, 1, 1: ten players, one match.
+  std::vector<std::vector<std::string>> parties = {
+      {"p1", "p2", "p3"}, {"q1", "q2"}, {"r1", "r2"}, {"s1"}, {"t1"}, {"u1"}};
+  std::vector<std::unique_ptr<EventStream>> streams;
+  for (const auto& party : parties) {
+    std::vector<mm::Player> players;
+    for (const auto& id : party) players.push_back(MakePlayer(id, 1400 + streams.size() * 20));
+    streams.push_back(EventStream::Find(ts.stub(), "squad", players));
+    ASSERT_TRUE(streams.back()->Expect().has_queued());
+  }
+  std::string match_id;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    mm::MatchEvent ev = streams[i]->Expect();
+    ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+    const mm::Match& m = ev.matched().match();
+    if (match_id.empty()) match_id = m.match_id();
+    EXPECT_EQ(m.match_id(), match_id);
+    ASSERT_EQ(m.teams_size(), 2);
+    int on_one_team = 0;
+    for (const auto& team : m.teams()) {
+      EXPECT_EQ(team.players_size(), 5);
+      std::set<std::string> ids = PlayerIds(team);
+      int here = 0;
+      for (const auto& id : parties[i]) here += ids.count(id);
+      if (here == static_cast<int>(parties[i].size())) ++on_one_team;
+      else EXPECT_EQ(here, 0) << "party " << i << " was split";
+    }
+    EXPECT_EQ(on_one_team, 1);
+    EXPECT_TRUE(streams[i]->Finish().ok());
+  }
+}
+
+TEST(ServerTest, CancelledCallLeavesThePoolAndIsNeverMatched) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "race", {MakePlayer("alice")});
+  const std::string id = alice->Expect().ticket_id();
+  alice->Cancel();
+  EXPECT_EQ(alice->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  mm::Ticket t = ts.WaitUntilNot(id, mm::Ticket::QUEUED);
+  EXPECT_EQ(t.state(), mm::Ticket::CANCELLED);  // "race" has no re-attach grace
+
+  auto bob = EventStream::Find(ts.stub(), "race", {MakePlayer("bob")});
+  const std::string bob_id = bob->Expect().ticket_id();
+  EXPECT_EQ(ts.GetTicket(bob_id).state(), mm::Ticket::QUEUED);
+  // The same player may queue again once the cancelled ticket is gone.
+  auto alice2 = EventStream::Find(ts.stub(), "race", {MakePlayer("alice")});
+  ASSERT_TRUE(alice2->Expect().has_queued());
+  EXPECT_TRUE(alice2->Expect().has_matched());
+  EXPECT_TRUE(bob->Expect().has_matched());
+}
+
+// The cancel of one member races the arrival of the member that completes
+// the match. Whatever wins, the server's record and what the clients saw
+// agree: a match has all its members, a cancelled ticket is in no match, and
+// no ticket is in two matches.
+TEST(ServerTest, CancelRacingMatchNeverSplitsAMatch) {
+  TestServer ts;
+  auto stub_a = ts.NewStub();
+  auto stub_b = ts.NewStub();
+  std::set<std::string> matched_tickets;
+  int matched = 0, cancelled = 0;
+  for (int i = 0; i < 150; ++i) {
+    auto a = EventStream::Find(*stub_a, "race", {MakePlayer("a" + std::to_string(i))});
+    const std::string a_id = a->Expect().ticket_id();
+    std::unique_ptr<EventStream> b;
+    std::thread arrive([&] {
+      b = EventStream::Find(*stub_b, "race", {MakePlayer("b" + std::to_string(i))});
+    });
+    a->Cancel();
+    arrive.join();
+    mm::MatchEvent b_first = b->Expect();
+    ASSERT_TRUE(b_first.has_queued());
+    const std::string b_id = b_first.ticket_id();
+    a->Finish();
+    const mm::Ticket a_final = ts.WaitUntilNot(a_id, mm::Ticket::QUEUED);
+    if (a_final.state() == mm::Ticket::MATCHED) {
+      ++matched;
+      mm::MatchEvent b_next = b->Expect();
+      ASSERT_TRUE(b_next.has_matched());
+      EXPECT_EQ(b_next.matched().match().match_id(), a_final.match().match_id());
+      EXPECT_THAT(a_final.match().ticket_ids(), UnorderedElementsAre(a_id, b_id));
+      EXPECT_TRUE(b->Finish().ok());
+      EXPECT_TRUE(matched_tickets.insert(a_id).second);
+      EXPECT_TRUE(matched_tickets.insert(b_id).second);
+    } else {
+      ++cancelled;
+      EXPECT_EQ(a_final.state(), mm::Ticket::CANCELLED);
+      EXPECT_FALSE(a_final.has_match());
+      // b must still be waiting, unmatched; cancelling it is then certain.
+      mm::Ticket b_ticket;
+      ASSERT_TRUE(CancelTicket(ts.stub(), b_id, &b_ticket).ok());
+      EXPECT_EQ(b_ticket.state(), mm::Ticket::CANCELLED);
+      EXPECT_EQ(b->Finish().error_code(), grpc::StatusCode::CANCELLED);
+      for (const auto& ev : b->events()) EXPECT_FALSE(ev.has_matched());
+    }
+  }
+  std::cout << "cancel-vs-match outcomes: " << matched << " matched, " << cancelled
+            << " cancelled\n";
+}
+
+TEST(ServerTest, TicketExpiresAtTheQueuesMaximumWait) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
+  const std::string id = alice->Expect().ticket_id();
+  ts.Advance(absl::Seconds(61));
+  grpc::Status status = alice->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(status.error_message(), HasSubstr("maximum wait of 1m"));
+  mm::Ticket t = ts.GetTicket(id);
+  EXPECT_EQ(t.state(), mm::Ticket::EXPIRED);
+  // An expired player can queue again.
+  auto again = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
+  EXPECT_TRUE(again->Expect().has_queued());
+}
+
+TEST(ServerTest, CallersOwnDeadlineEndsTheTicket) {
+  TestServer ts;
+  auto alice =
+      EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")}, absl::Milliseconds(300));
+  const std::string id = alice->Expect().ticket_id();
+  EXPECT_EQ(alice->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_EQ(ts.WaitUntilNot(id, mm::Ticket::QUEUED).state(), mm::Ticket::EXPIRED);
+}
+
+TEST(ServerTest, SearchingHeartbeatsExplainTheWaitAndWindowWidens) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1000)});
+  ASSERT_TRUE(alice->Expect().has_queued());
+  ts.Advance(absl::Seconds(5));
+  mm::MatchEvent hb = alice->Expect();
+  ASSERT_TRUE(hb.has_searching());
+  EXPECT_EQ(hb.seq(), 2u);
+  EXPECT_EQ(hb.searching().blocked_by(), mm::Searching::NOT_ENOUGH_PLAYERS);
+  EXPECT_EQ(hb.searching().waited().seconds(), 5);
+  EXPECT_DOUBLE_EQ(hb.searching().rating_window(), 150);  // 100 + 10/s * 5 s
+
+  // Bob is 400 away: accepted when 100 + 10 * mean wait >= 400.
+  auto bob = EventStream::Find(ts.stub(), "duel", {MakePlayer("bob", 1400)});
+  ASSERT_TRUE(bob->Expect().has_queued());
+  ts.Advance(absl::Seconds(5));
+  hb = alice->Expect();
+  ASSERT_TRUE(hb.has_searching());
+  EXPECT_EQ(hb.searching().blocked_by(), mm::Searching::RATING_SPREAD);
+  EXPECT_THAT(hb.searching().reason(), HasSubstr("spans 400"));
+  // Mean wait is 7.5 s now; 30 s are needed: 22.5 s to go.
+  EXPECT_EQ(hb.searching().expected_wait().seconds(), 22);
+  ASSERT_TRUE(bob->Expect().has_searching());
+  const std::string alice_id = hb.ticket_id();
+  ts.Advance(absl::Seconds(22));  // t = 32 s: one heartbeat catches up; no match yet
+  ASSERT_TRUE(alice->Expect().has_searching());
+  EXPECT_EQ(ts.GetTicket(alice_id).state(), mm::Ticket::QUEUED);
+  ts.Advance(absl::Seconds(1));  // t = 33 s, past the 32.5 s at which 400 is covered
+  mm::MatchEvent ev = alice->Expect();
+  ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+  EXPECT_DOUBLE_EQ(ev.matched().match().quality().rating_spread(), 400);
+}
+
+TEST(ServerTest, InvalidArgumentsAreRejectedWithActionableMessages) {
+  TestServer ts;
+  auto& stub = ts.stub();
+  auto expect_invalid = [&](const std::string& queue, std::vector<mm::Player> players,
+                            const std::string& message_part) {
+    grpc::Status s = FindError(stub, queue, players);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << message_part;
+    EXPECT_THAT(s.error_message(), HasSubstr(message_part));
+  };
+  expect_invalid("duel", {}, "at least one player");
+  expect_invalid("duel", {MakePlayer("")}, "players[0].id must be 1..128 bytes");
+  expect_invalid("duel", {MakePlayer(std::string(129, 'x'))}, "players[0].id");
+  expect_invalid("duel", {MakePlayer("has space")}, "printable");
+  expect_invalid("squad", {MakePlayer("a"), MakePlayer("a")}, "appears twice");
+  expect_invalid("duel", {MakePlayer("a"), MakePlayer("b")}, "maximum party size of 1");
+  expect_invalid("duel", {MakePlayer("a", std::nan(""))}, "rating must be a finite number");
+  expect_invalid("duel", {MakePlayer("a", HUGE_VAL)}, "rating must be a finite number");
+  mm::Player far = MakePlayer("a");
+  (*far.mutable_latency_ms())["eu"] = 10001;
+  expect_invalid("duel", {far}, "0..10000 ms");
+  mm::Player attrs = MakePlayer("a");
+  for (int i = 0; i < 17; ++i) (*attrs.mutable_attributes())["k" + std::to_string(i)] = "v";
+  expect_invalid("duel", {attrs}, "more than 16 entries");
+  mm::Player big = MakePlayer("a");
+  for (int i = 0; i < 16; ++i) {
+    (*big.mutable_attributes())["k" + std::to_string(i)] = std::string(256, 'v');
+  }
+  std::vector<mm::Player> many(16, big);
+  for (int i = 0; i < 16; ++i) many[i].set_id("p" + std::to_string(i));
+  grpc::Status s = FindError(stub, "squad", many);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("the limit is 65536"));
+
+  // The same rules on the polling way, and for ticket ids.
+  mm::Ticket t;
+  EXPECT_EQ(CreateTicket(stub, "duel", {MakePlayer("")}, &t).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::Status bad_id = CancelTicket(stub, "not-a-ticket", &t);
+  EXPECT_EQ(bad_id.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad_id.error_message(), HasSubstr("32 lowercase hex digits"));
+}
+
+TEST(ServerTest, UnknownQueueAndTicketAreNotFound) {
+  TestServer ts;
+  grpc::Status s = FindError(ts.stub(), "nope", {MakePlayer("a")});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("unknown queue \"nope\""));
+  mm::Ticket t;
+  EXPECT_EQ(CreateTicket(ts.stub(), "nope", {MakePlayer("a")}, &t).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  grpc::ClientContext ctx;
+  mm::GetTicketRequest get;
+  get.set_ticket_id(std::string(32, '0'));
+  EXPECT_EQ(ts.stub().GetTicket(&ctx, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
+  auto watch = EventStream::Watch(ts.stub(), "0000ffffffffffffffff000000000000", 0);
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(ServerTest, PlayerAlreadyWaitingIsAlreadyExists) {
+  TestServer ts;
+  auto first = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
+  const std::string id = first->Expect().ticket_id();
+  grpc::Status s = FindError(ts.stub(), "duel", {MakePlayer("alice")});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(s.error_message(), HasSubstr(id));
+  mm::Ticket t;
+  EXPECT_EQ(CreateTicket(ts.stub(), "duel", {MakePlayer("alice")}, &t).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  // Another queue is fine.
+  auto other = EventStream::Find(ts.stub(), "race", {MakePlayer("alice")});
+  EXPECT_TRUE(other->Expect().has_queued());
+}
+
+TEST(ServerTest, FullQueueAndFullServerAreResourceExhausted) {
+  {
+    TestServer ts;
+    auto a = EventStream::Find(ts.stub(), "tiny", {MakePlayer("a", 1000)});
+    auto b = EventStream::Find(ts.stub(), "tiny", {MakePlayer("b", 2000)});
+    ASSERT_TRUE(a->Expect().has_queued());
+    ASSERT_TRUE(b->Expect().has_queued());
+    grpc::Status s = FindError(ts.stub(), "tiny", {MakePlayer("c", 3000)});
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(s.error_message(), HasSubstr("queue \"tiny\" is full"));
+  }
+  {
+    TestServerOptions options;
+    options.max_waiting_tickets = 2;
+    TestServer ts(options);
+    auto a = EventStream::Find(ts.stub(), "duel", {MakePlayer("a", 1000)});
+    auto b = EventStream::Find(ts.stub(), "race", {MakePlayer("b")});
+    ASSERT_TRUE(a->Expect().has_queued());
+    ASSERT_TRUE(b->Expect().has_queued());
+    grpc::Status s = FindError(ts.stub(), "squad", {MakePlayer("c")});
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(s.error_message(), HasSubstr("capacity of 2 waiting tickets"));
+  }
+}
+
+TEST(ServerTest, PollingFlowCreateGetCancel) {
+  TestServer ts;
+  mm::Ticket a, b;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("alice", 1500)}, &a).ok());
+  EXPECT_EQ(a.state(), mm::Ticket::QUEUED);
+  EXPECT_EQ(ts.GetTicket(a.ticket_id()).state(), mm::Ticket::QUEUED);
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("bob", 1510)}, &b).ok());
+  mm::Ticket ga = ts.GetTicket(a.ticket_id());
+  mm::Ticket gb = ts.GetTicket(b.ticket_id());
+  ASSERT_EQ(ga.state(), mm::Ticket::MATCHED);
+  ASSERT_EQ(gb.state(), mm::Ticket::MATCHED);
+  EXPECT_EQ(ga.match().match_id(), gb.match().match_id());
+  mm::Ticket t;
+  grpc::Status late = CancelTicket(ts.stub(), a.ticket_id(), &t);
+  EXPECT_EQ(late.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(late.error_message(), HasSubstr("already MATCHED"));
+
+  mm::Ticket c;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("carol", 3000)}, &c).ok());
+  ASSERT_TRUE(CancelTicket(ts.stub(), c.ticket_id(), &t).ok());
+  EXPECT_EQ(t.state(), mm::Ticket::CANCELLED);
+  EXPECT_EQ(ts.GetTicket(c.ticket_id()).state(), mm::Ticket::CANCELLED);
+  grpc::Status again = CancelTicket(ts.stub(), c.ticket_id(), &t);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(again.error_message(), HasSubstr("already CANCELLED"));
+  // Cancelled players are free again: carol queues and is not matched with the cancelled one.
+  mm::Ticket c2;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("carol", 3000)}, &c2).ok());
+  EXPECT_EQ(ts.GetTicket(c2.ticket_id()).state(), mm::Ticket::QUEUED);
+}
+
+TEST(ServerTest, UnpolledTicketExpiresAfterPollTtl) {
+  TestServer ts;
+  mm::Ticket a, polled;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("alice", 1000)}, &a).ok());
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("pat", 3000)}, &polled).ok());
+  ts.Advance(absl::Seconds(20));
+  EXPECT_EQ(ts.GetTicket(polled.ticket_id()).state(), mm::Ticket::QUEUED);  // keeps it alive
+  ts.Advance(absl::Seconds(11));  // 31 s since alice's last poll, 11 s since pat's
+  mm::Ticket t = ts.GetTicket(a.ticket_id());
+  EXPECT_EQ(t.state(), mm::Ticket::EXPIRED);
+  EXPECT_THAT(t.detail(), HasSubstr("poll TTL"));
+  EXPECT_EQ(ts.GetTicket(polled.ticket_id()).state(), mm::Ticket::QUEUED);
+}
+
+TEST(ServerTest, WatchTicketReattachesADroppedFindMatchAndResumesAfterSeq) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)});
+  const std::string id = alice->Expect().ticket_id();
+  ts.Advance(absl::Seconds(5));
+  ASSERT_EQ(alice->Expect().seq(), 2u);
+  alice->Cancel();
+  alice->Finish();
+  mm::Ticket t = ts.WaitUntilNot(id, mm::Ticket::QUEUED);
+  ASSERT_EQ(t.state(), mm::Ticket::DETACHED);
+  EXPECT_TRUE(t.has_expires());
+  // Detached: not matchable. Bob waits.
+  auto bob = EventStream::Find(ts.stub(), "duel", {MakePlayer("bob", 1500)});
+  ASSERT_TRUE(bob->Expect().has_queued());
+  ts.Advance(absl::Seconds(3));
+
+  auto watch = EventStream::Watch(ts.stub(), id, 2);
+  mm::MatchEvent first = watch->Expect();
+  ASSERT_TRUE(first.has_searching() || first.has_matched()) << first.DebugString();
+  EXPECT_EQ(first.seq(), 3u);
+  if (first.has_searching()) {
+    EXPECT_GE(first.searching().waited().seconds(), 8);  // original enqueue time kept
+    mm::MatchEvent m = watch->Expect();
+    ASSERT_TRUE(m.has_matched());
+    EXPECT_EQ(m.seq(), 4u);
+  }
+  EXPECT_TRUE(watch->Finish().ok());
+  const uint64_t matched_seq = watch->events().back().seq();
+
+  // Re-attaching after the match replays `matched` only if it was not seen.
+  auto replay = EventStream::Watch(ts.stub(), id, matched_seq - 1);
+  EXPECT_TRUE(replay->Expect().has_matched());
+  EXPECT_TRUE(replay->Finish().ok());
+  auto nothing = EventStream::Watch(ts.stub(), id, matched_seq);
+  EXPECT_TRUE(nothing->Finish().ok());
+  EXPECT_TRUE(nothing->events().empty());
+}
+
+TEST(ServerTest, DetachedTicketIsCancelledAfterGrace) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
+  const std::string id = alice->Expect().ticket_id();
+  alice->Cancel();
+  alice->Finish();
+  ASSERT_EQ(ts.WaitUntilNot(id, mm::Ticket::QUEUED).state(), mm::Ticket::DETACHED);
+  grpc::Status held = FindError(ts.stub(), "duel", {MakePlayer("alice")});
+  EXPECT_EQ(held.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(held.error_message(), HasSubstr("WatchTicket"));
+  ts.Advance(absl::Seconds(11));
+  EXPECT_EQ(ts.GetTicket(id).state(), mm::Ticket::CANCELLED);
+  auto watch = EventStream::Watch(ts.stub(), id, 1);
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+TEST(ServerTest, SecondWatcherTakesOverTheTicket) {
+  TestServer ts;
+  mm::Ticket a;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("alice")}, &a).ok());
+  auto w1 = EventStream::Watch(ts.stub(), a.ticket_id(), 0);
+  EXPECT_TRUE(w1->Expect().has_queued());
+  EXPECT_TRUE(w1->Expect().has_searching());
+  auto w2 = EventStream::Watch(ts.stub(), a.ticket_id(), 2);
+  EXPECT_TRUE(w2->Expect().has_searching());
+  EXPECT_EQ(w1->Finish().error_code(), grpc::StatusCode::ABORTED);
+  mm::Ticket t;
+  ASSERT_TRUE(CancelTicket(ts.stub(), a.ticket_id(), &t).ok());
+  EXPECT_EQ(w2->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "squad", {MakePlayer("a1"), MakePlayer("a2")});
+  ASSERT_TRUE(alice->Expect().has_queued());
+  grpc::ClientContext ctx;
+  mm::ListQueuesResponse response;
+  ASSERT_TRUE(ts.stub().ListQueues(&ctx, mm::ListQueuesRequest(), &response).ok());
+  ASSERT_EQ(response.queues_size(), 4);
+  const mm::QueueInfo& squad = response.queues(2);
+  EXPECT_EQ(squad.name(), "squad");
+  EXPECT_EQ(squad.team_count(), 2u);
+  EXPECT_EQ(squad.team_size(), 5u);
+  EXPECT_TRUE(squad.rated());
+  EXPECT_EQ(squad.tickets_waiting(), 1u);
+  EXPECT_EQ(squad.players_waiting(), 2u);
+}
+
+TEST(ServerTest, DrainEndsWaitingCallsAndRefusesNewTickets) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
+  ASSERT_TRUE(alice->Expect().has_queued());
+  ts.server().Drain();
+  grpc::Status s = alice->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(s.error_message(), HasSubstr("draining"));
+  grpc::Status refused = FindError(ts.stub(), "duel", {MakePlayer("bob")});
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  mm::Ticket t;
+  EXPECT_EQ(CreateTicket(ts.stub(), "duel", {MakePlayer("carol")}, &t).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+}  // namespace
+}  // namespace matchd::testing
