@@ -54,9 +54,8 @@ absl::Time CallerDeadline(const grpc::ServerContext& ctx, const Clock& clock) {
 
 // A unary call. The handler runs on the loop that accepted the call and hands
 // the Responder to whichever loop owns the state; that loop calls Reply or
-// Fail exactly once. Nothing else touches the call meanwhile, so the Finish
-// may be issued from that loop; its completion (and the delete) comes back on
-// the accepting loop.
+// Fail exactly once. Like every operation on a call, the Finish is issued on
+// the call's own loop (a post back when the reply comes from another loop).
 template <typename Request, typename Response>
 class UnaryCall final : public Responder<Response> {
  public:
@@ -68,14 +67,22 @@ class UnaryCall final : public Responder<Response> {
   static void Listen(Runtime* runtime, EventLoop* loop, RequestMethod method, Handler handler) {
     auto* call = new UnaryCall(runtime, loop, method, handler);
     (runtime->service.*method)(&call->ctx_, &call->request_, &call->responder_, loop->cq(),
-                               loop->cq(), &call->requested_tag_);
+                               loop->cq(), call->requested_tag_.Arm());
   }
 
   void Reply(const Response& response) override {
-    responder_.Finish(response, grpc::Status::OK, &finished_tag_);
+    if (!loop_->InLoopThread()) {
+      loop_->Post([this, response] { Reply(response); });
+      return;
+    }
+    responder_.Finish(response, grpc::Status::OK, finished_tag_.Arm());
   }
   void Fail(const grpc::Status& status) override {
-    responder_.FinishWithError(status, &finished_tag_);
+    if (!loop_->InLoopThread()) {
+      loop_->Post([this, status] { Fail(status); });
+      return;
+    }
+    responder_.FinishWithError(status, finished_tag_.Arm());
   }
 
  private:
@@ -200,13 +207,13 @@ StreamCall::~StreamCall() {
 
 void StreamCall::Request(Runtime* runtime, EventLoop* loop, Kind kind) {
   auto* call = new StreamCall(runtime, loop, kind);
-  call->ctx_.AsyncNotifyWhenDone(&call->done_tag_);
+  call->ctx_.AsyncNotifyWhenDone(call->done_tag_.Arm());
   if (kind == Kind::kFindMatch) {
     runtime->service.RequestFindMatch(&call->ctx_, &call->request_, &call->writer_, loop->cq(),
-                                      loop->cq(), &call->requested_tag_);
+                                      loop->cq(), call->requested_tag_.Arm());
   } else {
     runtime->service.RequestWatchTicket(&call->ctx_, &call->request_, &call->writer_,
-                                        loop->cq(), loop->cq(), &call->requested_tag_);
+                                        loop->cq(), loop->cq(), call->requested_tag_.Arm());
   }
 }
 
@@ -286,17 +293,17 @@ void StreamCall::Pump() {
       // The last event and the status in one batch.
       state_ = State::kClosing;
       finish_in_flight_ = true;
-      writer_.WriteAndFinish(in_flight_, grpc::WriteOptions(), close_status_, &finished_tag_);
+      writer_.WriteAndFinish(in_flight_, grpc::WriteOptions(), close_status_, finished_tag_.Arm());
     } else {
       write_in_flight_ = true;
-      writer_.Write(in_flight_, &written_tag_);
+      writer_.Write(in_flight_, written_tag_.Arm());
     }
     return;
   }
   if (close_requested_) {
     state_ = State::kClosing;
     finish_in_flight_ = true;
-    writer_.Finish(close_status_, &finished_tag_);
+    writer_.Finish(close_status_, finished_tag_.Arm());
   }
 }
 

@@ -30,7 +30,7 @@ void EventLoop::Post(Task task) {
   // Set under mu_ so that StopAndJoin cannot shut the queue down in between.
   // Alarm::Set only enqueues; it never calls back into this object, so the
   // lock cannot deadlock.
-  nudge_.Set(cq_.get(), gpr_inf_past(GPR_CLOCK_MONOTONIC), &nudge_tag_);
+  nudge_.Set(cq_.get(), gpr_inf_past(GPR_CLOCK_MONOTONIC), nudge_tag_.Arm());
 }
 
 void EventLoop::OnNudge(bool /*ok*/) {
@@ -104,6 +104,7 @@ void EventLoop::Run() {
     }
     if (status == grpc::CompletionQueue::SHUTDOWN) break;
     if (status == grpc::CompletionQueue::TIMEOUT) continue;
+    MATCHD_TSAN_ACQUIRE(tag);
     static_cast<Completion*>(tag)->OnComplete(ok);
   }
 }

@@ -88,7 +88,7 @@ class StreamLink final : public std::enable_shared_from_this<StreamLink> {
 };
 
 // The reply side of a unary call. Reply/Fail are called exactly once, from
-// any loop; the call then completes on its own loop.
+// any loop; the reply is sent from the call's own loop.
 template <typename Response>
 class Responder {
  public:
