@@ -43,9 +43,7 @@ double QueueRules::WindowAt(absl::Duration wait) const {
 }
 
 absl::Status ValidateRules(const QueueRules& rules) {
-  auto invalid = [](auto&&... parts) {
-    return absl::InvalidArgumentError(absl::StrCat(parts...));
-  };
+  auto invalid = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   if (rules.team_count < 1) {
     return invalid("team_count must be >= 1, got ", rules.team_count);
   }
@@ -55,37 +53,35 @@ absl::Status ValidateRules(const QueueRules& rules) {
   // In 64 bits: the int product of two large counts could overflow.
   const int64_t players = int64_t{rules.team_count} * rules.team_size;
   if (players > QueueRules::kMaxPlayersPerMatch) {
-    return invalid("team_count * team_size must be <= ",
-                   QueueRules::kMaxPlayersPerMatch, ", got ", players);
+    return invalid("team_count * team_size must be <= ", QueueRules::kMaxPlayersPerMatch, ", got ",
+                   players);
   }
   if (rules.max_party_size < 1 || rules.max_party_size > rules.team_size) {
-    return invalid("max_party_size must be in 1..team_size (", rules.team_size,
-                   "), got ", rules.max_party_size);
+    return invalid("max_party_size must be in 1..team_size (", rules.team_size, "), got ",
+                   rules.max_party_size);
   }
   if (!IsFiniteNonNegative(rules.initial_window)) {
-    return invalid("initial_window must be finite and >= 0, got ",
-                   rules.initial_window);
+    return invalid("initial_window must be finite and >= 0, got ", rules.initial_window);
   }
   if (!IsFiniteNonNegative(rules.widen_per_second)) {
-    return invalid("widen_per_second must be finite and >= 0, got ",
-                   rules.widen_per_second);
+    return invalid("widen_per_second must be finite and >= 0, got ", rules.widen_per_second);
   }
   if (!IsFiniteNonNegative(rules.max_window)) {
-    return invalid("max_window must be finite and >= 0, got ",
-                   rules.max_window);
+    return invalid("max_window must be finite and >= 0, got ", rules.max_window);
   }
   if (rules.max_window != 0 && rules.max_window < rules.initial_window) {
-    return invalid("max_window must be 0 (no cap) or >= initial_window (",
-                   rules.initial_window, "), got ", rules.max_window);
+    return invalid("max_window must be 0 (no cap) or >= initial_window (", rules.initial_window,
+                   "), got ", rules.max_window);
   }
   if (rules.max_wait <= absl::ZeroDuration()) {
-    return invalid("max_wait must be > 0, got ",
-                   absl::FormatDuration(rules.max_wait));
+    return invalid("max_wait must be > 0, got ", absl::FormatDuration(rules.max_wait));
   }
   return absl::OkStatus();
 }
 
 struct Pool::Impl {
+  using RatingPos = std::pair<double, TicketKey>;  // a place in by_rating
+
   struct Ticket {
     TicketSpec spec;
     // Generation of the ticket's live entry in `due`; 0 if it has none.
@@ -122,19 +118,19 @@ struct Pool::Impl {
     Outcome outcome = Outcome::kNoGroup;
     Blocker blocker = Blocker::kNotEnoughPlayers;  // for kNoGroup
     double spread = 0;
-    double lo = 0;  // lowest and highest rating in the group
-    double hi = 0;
+    // The group's lowest and highest (rating, key); rated queues only.
+    RatingPos lowest;
+    RatingPos highest;
     absl::Duration mean_wait;
     std::optional<absl::Time> acceptable_at;  // for kRejected
   };
 
-  Impl(const QueueRules& r, PoolListener* l)
-      : rules(r), listener(l), need(r.players_per_match()) {}
+  Impl(const QueueRules& r, PoolListener* l) : rules(r), listener(l), need(r.players_per_match()) {}
 
   // Pool helpers.
   void Erase(TicketKey key);
   void MarkDue(Ticket& ticket, absl::Time at);
-  void MarkChanged(double lo, double hi);
+  void MarkChanged(RatingPos first, RatingPos last);
   void PruneDueTop();
   bool IsLive(const DueEntry& entry) const;
   int LivePlayersAt(absl::Time now) const;
@@ -144,8 +140,7 @@ struct Pool::Impl {
   void ResetGroup();
   bool TryAdd(const TicketSpec& spec);
   bool PackSearch(size_t item, int* budget);
-  std::optional<absl::Time> AcceptableAt(double spread,
-                                         absl::Duration sum_wait,
+  std::optional<absl::Time> AcceptableAt(double spread, absl::Duration sum_wait,
                                          absl::Time now) const;
   bool AcceptedAt(double spread, absl::Duration sum_wait, int64_t nanos) const;
 
@@ -165,6 +160,8 @@ struct Pool::Impl {
   std::unordered_map<TicketKey, Ticket> tickets;
   std::map<std::pair<double, TicketKey>, const Ticket*> by_rating;  // rated
   std::map<std::pair<absl::Time, TicketKey>, const Ticket*> by_enqueue;
+  // Unrated: the same order per party size.
+  std::set<std::tuple<int, absl::Time, TicketKey>> by_size_enqueue;
   // Tickets with a finite expiry, soonest first (ties by key).
   std::set<std::pair<absl::Time, TicketKey>> expiry;
   std::vector<DueEntry> due;  // min-heap under DueAfter
@@ -175,14 +172,14 @@ struct Pool::Impl {
   // allocate. Explain() uses it too: it is state of no single call.
   std::vector<Member> group;
   int group_players = 0;
-  std::vector<int> bin_load;       // loads of the packing, parties of 2+
-  std::vector<char> size_failed;   // party sizes refused since the last add
+  std::vector<int> bin_load;      // loads of the packing, parties of 2+
+  std::vector<char> size_failed;  // party sizes refused since the last add
   bool any_size_failed = false;
-  std::vector<int> pack_items;     // group indexes, largest party first
-  std::vector<int> pack_bins;      // bin per pack_items entry
+  std::vector<int> pack_items;  // group indexes, largest party first
+  std::vector<int> pack_bins;   // bin per pack_items entry
   std::vector<int> pack_loads;
-  std::vector<int> split_order;    // group indexes in placement order
-  std::vector<int> split_assign;   // team per group index
+  std::vector<int> split_order;   // group indexes in placement order
+  std::vector<int> split_assign;  // team per group index
   std::vector<int> split_best;
   std::vector<int> team_load;
   std::vector<double> team_sum;
@@ -199,6 +196,7 @@ void Pool::Impl::Erase(TicketKey key) {
     by_rating.erase({spec.rating, key});
   } else {
     by_enqueue.erase({spec.enqueued_at, key});
+    by_size_enqueue.erase({spec.party_size, spec.enqueued_at, key});
   }
   expiry.erase({spec.expires_at, key});
   players -= spec.party_size;
@@ -211,45 +209,47 @@ void Pool::Impl::MarkDue(Ticket& ticket, absl::Time at) {
   if (ticket.due_gen != 0 && ticket.due_at <= at) return;
   ticket.due_gen = next_gen++;
   ticket.due_at = at;
-  due.push_back(
-      {at, ticket.spec.enqueued_at, ticket.spec.key, ticket.due_gen});
+  due.push_back({at, ticket.spec.enqueued_at, ticket.spec.key, ticket.due_gen});
   std::push_heap(due.begin(), due.end(), DueAfter);
   // Superseded and removed tickets leave stale entries behind; drop them in
   // bulk once they outnumber the live ones, keeping the heap O(tickets).
   if (due.size() > 2 * tickets.size() + 64) {
-    due.erase(std::remove_if(due.begin(), due.end(),
-                             [this](const DueEntry& e) { return !IsLive(e); }),
-              due.end());
+    due.erase(
+        std::remove_if(due.begin(), due.end(), [this](const DueEntry& e) { return !IsLive(e); }),
+        due.end());
     std::make_heap(due.begin(), due.end(), DueAfter);
   }
 }
 
 // Marks due at the next Process every ticket whose group may have changed
-// because tickets with ratings in [lo, hi] arrived or left: for rated queues
-// the tickets in that range and the `need` nearest on either side; for
-// unrated ones the oldest ticket, as every group is filled oldest first.
+// because tickets between `first` and `last` in rating order arrived or
+// left: for rated queues the tickets still in that span (ones a group walk
+// skipped) and the `need` nearest on either side. Unrated groups are the
+// anchor plus the oldest tickets that fit, so they differ mostly by the
+// anchor's party size: mark the oldest ticket of each size.
 // Departures count too: they can let a ticket in that did not fit or was
 // further away, and so make a group possible or acceptable sooner.
-void Pool::Impl::MarkChanged(double lo, double hi) {
-  const absl::Time now = absl::InfinitePast();
+void Pool::Impl::MarkChanged(RatingPos first, RatingPos last) {
+  const absl::Time next_process = absl::InfinitePast();
   if (!rules.rated) {
-    if (!by_enqueue.empty()) {
-      MarkDue(tickets.at(by_enqueue.begin()->first.second), now);
+    for (auto it = by_size_enqueue.begin(); it != by_size_enqueue.end();
+         it = by_size_enqueue.lower_bound({std::get<0>(*it) + 1, absl::InfinitePast(), 0})) {
+      MarkDue(tickets.at(std::get<2>(*it)), next_process);
     }
     return;
   }
-  auto first = by_rating.lower_bound({lo, 0});
-  auto down = first;
+  auto start = by_rating.lower_bound(first);
+  auto down = start;
   for (int i = 0; i < need && down != by_rating.begin(); ++i) {
     --down;
-    MarkDue(tickets.at(down->first.second), now);
+    MarkDue(tickets.at(down->first.second), next_process);
   }
-  auto up = first;
-  for (; up != by_rating.end() && up->first.first <= hi; ++up) {
-    MarkDue(tickets.at(up->first.second), now);
+  auto up = start;
+  for (; up != by_rating.end() && up->first <= last; ++up) {
+    MarkDue(tickets.at(up->first.second), next_process);
   }
   for (int i = 0; i < need && up != by_rating.end(); ++i, ++up) {
-    MarkDue(tickets.at(up->first.second), now);
+    MarkDue(tickets.at(up->first.second), next_process);
   }
 }
 
@@ -292,8 +292,7 @@ bool Pool::Impl::TryAdd(const TicketSpec& spec) {
     // Fast path: best fit into the current packing.
     int best = -1;
     for (int b = 0; b < rules.team_count; ++b) {
-      if (bin_load[b] + size <= rules.team_size &&
-          (best < 0 || bin_load[b] > bin_load[best])) {
+      if (bin_load[b] + size <= rules.team_size && (best < 0 || bin_load[b] > bin_load[best])) {
         best = b;
       }
     }
@@ -306,9 +305,8 @@ bool Pool::Impl::TryAdd(const TicketSpec& spec) {
       for (size_t i = 0; i < group.size(); ++i) {
         if (group[i].party_size > 1) pack_items.push_back(static_cast<int>(i));
       }
-      std::stable_sort(pack_items.begin(), pack_items.end(), [&](int a, int b) {
-        return group[a].party_size > group[b].party_size;
-      });
+      std::stable_sort(pack_items.begin(), pack_items.end(),
+                       [&](int a, int b) { return group[a].party_size > group[b].party_size; });
       pack_bins.assign(pack_items.size(), -1);
       pack_loads.assign(rules.team_count, 0);
       int budget = kPackSearchBudget;
@@ -355,8 +353,8 @@ bool Pool::Impl::PackSearch(size_t item, int* budget) {
   return false;
 }
 
-Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor,
-                                            absl::Time now, int live_players) {
+Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor, absl::Time now,
+                                            int live_players) {
   Evaluation result;
   ResetGroup();
   if (live_players < need) {
@@ -392,8 +390,7 @@ Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor,
         const double d_hi = hi.rating - center;
         take_down = d_lo != d_hi
                         ? d_lo < d_hi
-                        : std::tie(lo.enqueued_at, lo.key) <
-                              std::tie(hi.enqueued_at, hi.key);
+                        : std::tie(lo.enqueued_at, lo.key) < std::tie(hi.enqueued_at, hi.key);
       }
       const Ticket* next = take_down ? (--down)->second : (up++)->second;
       if (visit(next->spec)) break;
@@ -411,16 +408,13 @@ Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor,
   }
 
   absl::Duration sum_wait;
-  double lo = kInfinity;
-  double hi = -kInfinity;
+  result.lowest = result.highest = {group[0].rating, group[0].key};
   for (const Member& m : group) {
     sum_wait += now - m.enqueued_at;
-    lo = std::min(lo, m.rating);
-    hi = std::max(hi, m.rating);
+    result.lowest = std::min(result.lowest, {m.rating, m.key});
+    result.highest = std::max(result.highest, {m.rating, m.key});
   }
-  result.lo = lo;
-  result.hi = hi;
-  result.spread = rules.rated ? hi - lo : 0;
+  result.spread = rules.rated ? result.highest.first - result.lowest.first : 0;
   result.mean_wait = sum_wait / static_cast<int64_t>(group.size());
   if (!rules.rated || AcceptedAt(result.spread, sum_wait, 0)) {
     result.outcome = Outcome::kAccepted;
@@ -434,8 +428,7 @@ Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor,
 // Whether the group is acceptable `nanos` after the time at which its waits
 // sum to `sum_wait`. Exactly the test Process applies then: the sum of waits
 // grows by group.size() * nanos with no rounding.
-bool Pool::Impl::AcceptedAt(double spread, absl::Duration sum_wait,
-                            int64_t nanos) const {
+bool Pool::Impl::AcceptedAt(double spread, absl::Duration sum_wait, int64_t nanos) const {
   const int64_t n = static_cast<int64_t>(group.size());
   const absl::Duration mean = (sum_wait + absl::Nanoseconds(nanos) * n) / n;
   return spread <= rules.WindowAt(mean);
@@ -445,18 +438,15 @@ bool Pool::Impl::AcceptedAt(double spread, absl::Duration sum_wait,
 // nullopt if never. The closed form gives a first guess; the answer is then
 // pinned with AcceptedAt itself so that a Process at the returned time always
 // matches and one a nanosecond earlier never does, whatever the rounding.
-std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread,
-                                                   absl::Duration sum_wait,
+std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration sum_wait,
                                                    absl::Time now) const {
   if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) {
     return std::nullopt;
   }
   if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
   const int64_t n = static_cast<int64_t>(group.size());
-  const double needed_wait =
-      (spread - rules.initial_window) / rules.widen_per_second;
-  const double delay =
-      needed_wait - absl::ToDoubleSeconds(sum_wait / n);
+  const double needed_wait = (spread - rules.initial_window) / rules.widen_per_second;
+  const double delay = needed_wait - absl::ToDoubleSeconds(sum_wait / n);
   if (delay > kMaxRefinedDelaySeconds) {
     // A second early, so that rounding can never make the wakeup late.
     return now + absl::Seconds(delay) - absl::Seconds(1);
@@ -513,7 +503,7 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
       auto it = tickets.find(m.key);
       if (it != tickets.end()) MarkDue(it->second, absl::InfinitePast());
     }
-    MarkChanged(evaluation.lo, evaluation.hi);
+    MarkChanged(evaluation.lowest, evaluation.highest);
     return;
   }
 
@@ -533,7 +523,7 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
   match.mean_wait = evaluation.mean_wait;
   match.formed_at = now;
   for (const Member& m : group) Erase(m.key);
-  MarkChanged(evaluation.lo, evaluation.hi);
+  MarkChanged(evaluation.lowest, evaluation.highest);
   listener->OnMatched(match);
 }
 
@@ -648,9 +638,8 @@ void Pool::Impl::SplitFromPacking(bool by_rating_sum) {
     if (group[i].party_size == 1) split_order.push_back(static_cast<int>(i));
   }
   if (by_rating_sum) {
-    std::stable_sort(split_order.begin(), split_order.end(), [&](int a, int b) {
-      return group[a].rating > group[b].rating;
-    });
+    std::stable_sort(split_order.begin(), split_order.end(),
+                     [&](int a, int b) { return group[a].rating > group[b].rating; });
   }
   for (int i : split_order) {
     int best = -1;
@@ -676,24 +665,20 @@ Pool::~Pool() = default;
 
 absl::Status Pool::Add(const TicketSpec& ticket) {
   if (ticket.party_size < 1 || ticket.party_size > rules_.max_party_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("party_size must be in 1..", rules_.max_party_size,
-                     ", got ", ticket.party_size));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "party_size must be in 1..", rules_.max_party_size, ", got ", ticket.party_size));
   }
   // A NaN would break the rating order; an infinite enqueue time the waits.
   if (rules_.rated && !std::isfinite(ticket.rating)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rating must be finite, got ", ticket.rating));
+    return absl::InvalidArgumentError(absl::StrCat("rating must be finite, got ", ticket.rating));
   }
-  if (ticket.enqueued_at == absl::InfinitePast() ||
-      ticket.enqueued_at == absl::InfiniteFuture()) {
+  if (ticket.enqueued_at == absl::InfinitePast() || ticket.enqueued_at == absl::InfiniteFuture()) {
     return absl::InvalidArgumentError("enqueued_at must be finite");
   }
   Impl& impl = *impl_;
   auto [it, inserted] = impl.tickets.try_emplace(ticket.key);
   if (!inserted) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("ticket ", ticket.key, " is already waiting"));
+    return absl::AlreadyExistsError(absl::StrCat("ticket ", ticket.key, " is already waiting"));
   }
   Impl::Ticket& added = it->second;
   added.spec = ticket;
@@ -704,23 +689,23 @@ absl::Status Pool::Add(const TicketSpec& ticket) {
   if (rules_.rated) {
     impl.by_rating.emplace(std::make_pair(ticket.rating, ticket.key), &added);
   } else {
-    impl.by_enqueue.emplace(std::make_pair(ticket.enqueued_at, ticket.key),
-                            &added);
+    impl.by_enqueue.emplace(std::make_pair(ticket.enqueued_at, ticket.key), &added);
+    impl.by_size_enqueue.emplace(ticket.party_size, ticket.enqueued_at, ticket.key);
   }
   // InfinitePast: due at the next Process, whatever its time.
   impl.MarkDue(added, absl::InfinitePast());
   // Older tickets may now form a better group with the newcomer than the
   // one they were waiting on; they are evaluated first, being older.
-  impl.MarkChanged(ticket.rating, ticket.rating);
+  impl.MarkChanged({ticket.rating, ticket.key}, {ticket.rating, ticket.key});
   return absl::OkStatus();
 }
 
 bool Pool::Remove(TicketKey key) {
   auto it = impl_->tickets.find(key);
   if (it == impl_->tickets.end()) return false;
-  const double rating = it->second.spec.rating;
+  const Impl::RatingPos pos = {it->second.spec.rating, key};
   impl_->Erase(key);
-  impl_->MarkChanged(rating, rating);
+  impl_->MarkChanged(pos, pos);
   return true;
 }
 
@@ -734,9 +719,9 @@ void Pool::Process(absl::Time now) {
   Impl& impl = *impl_;
   while (!impl.expiry.empty() && impl.expiry.begin()->first <= now) {
     const TicketKey key = impl.expiry.begin()->second;
-    const double rating = impl.tickets.at(key).spec.rating;
+    const Impl::RatingPos pos = {impl.tickets.at(key).spec.rating, key};
     impl.Erase(key);
-    impl.MarkChanged(rating, rating);
+    impl.MarkChanged(pos, pos);
     impl.listener->OnExpired(key);
   }
   // Terminates: every entry popped is gone for good, retries are pushed
@@ -750,16 +735,15 @@ void Pool::Process(absl::Time now) {
     Impl::Ticket& anchor = impl.tickets.at(entry.key);
     anchor.due_gen = 0;
     anchor.due_at = absl::InfiniteFuture();
-    const Impl::Evaluation evaluation =
-        impl.Evaluate(anchor, now, impl.players);
+    const Impl::Evaluation evaluation = impl.Evaluate(anchor, now, impl.players);
     switch (evaluation.outcome) {
       case Impl::Outcome::kNoGroup:
-        // Nothing to wait for: only an Add can change the outcome.
+        // Nothing to wait for: only a change to the pool can help, and
+        // MarkChanged re-marks the tickets it may help.
         break;
       case Impl::Outcome::kRejected:
         if (evaluation.acceptable_at.has_value()) {
-          impl.MarkDue(anchor, std::max(*evaluation.acceptable_at,
-                                        now + absl::Nanoseconds(1)));
+          impl.MarkDue(anchor, std::max(*evaluation.acceptable_at, now + absl::Nanoseconds(1)));
         }
         break;
       case Impl::Outcome::kAccepted:
