@@ -4,6 +4,8 @@
 //
 // Exit status: 0 when the call ends OK, 1 for a gRPC error, 2 for bad usage,
 // 130 when interrupted (SIGINT cancels the call in flight first).
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -15,9 +17,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <google/protobuf/util/json_util.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -83,12 +82,13 @@ int Usage(const std::string& message) {
 }
 
 const char* CodeName(grpc::StatusCode code) {
+  // clang-format off
   static const char* const kNames[] = {
-      "OK",           "CANCELLED",        "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",   "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",        "UNAVAILABLE",       "DATA_LOSS",
+      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
       "UNAUTHENTICATED"};
+  // clang-format on
   const int i = static_cast<int>(code);
   return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN_CODE";
 }
@@ -104,7 +104,8 @@ std::string FormatTime(const google::protobuf::Timestamp& t) {
 
 // Durations for people: "2m", "5.3s".
 std::string Short(const google::protobuf::Duration& d) {
-  return absl::FormatDuration(absl::Trunc(FromProto(d), absl::Milliseconds(100)));
+  const absl::Duration shown = absl::Trunc(FromProto(d), absl::Milliseconds(100));
+  return shown == absl::ZeroDuration() ? "0s" : absl::FormatDuration(shown);
 }
 
 std::string ToJson(const google::protobuf::Message& message) {
@@ -117,8 +118,8 @@ std::string ToJson(const google::protobuf::Message& message) {
 }
 
 // "ID[:RATING[:REGION=MS,REGION=MS...]]"
-bool ParsePlayer(const std::string& spec, const std::vector<std::string>& attrs,
-                 mm::Player* player, std::string* error) {
+bool ParsePlayer(const std::string& spec, const std::vector<std::string>& attrs, mm::Player* player,
+                 std::string* error) {
   const std::vector<std::string> parts = absl::StrSplit(spec, absl::MaxSplits(':', 2));
   *error = absl::StrCat("--player \"", spec, "\": ");
   if (parts[0].empty()) return absl::StrAppend(error, "the player id is empty"), false;
@@ -198,7 +199,7 @@ void PrintEvent(const mm::MatchEvent& ev) {
     case mm::MatchEvent::kSearching: {
       const mm::Searching& s = ev.searching();
       std::string window;
-      if (s.rating_window() > 0) window = absl::StrCat(", window ", s.rating_window());
+      if (s.rating_window() > 0) window = absl::StrFormat(", window %.0f", s.rating_window());
       std::cout << absl::StrFormat("searching waited %s%s, %d players waiting: %s\n",
                                    Short(s.waited()), window, s.players_waiting(), s.reason());
       break;
@@ -223,8 +224,7 @@ void PrintTicket(const mm::Ticket& t) {
   std::cout << absl::StrFormat("ticket   %s\nqueue    %s\nstate    %s\nplayers  %s\n",
                                t.ticket_id(), t.queue(), mm::Ticket::State_Name(t.state()),
                                PlayerList(t.players()));
-  std::cout << absl::StrFormat("created  %s\nlast seq %d\n", FormatTime(t.created()),
-                               t.last_seq());
+  std::cout << absl::StrFormat("created  %s\nlast seq %d\n", FormatTime(t.created()), t.last_seq());
   if (t.has_expires()) std::cout << "expires  " << FormatTime(t.expires()) << "\n";
   if (!t.detail().empty()) std::cout << "detail   " << t.detail() << "\n";
   if (t.has_match()) {
@@ -243,8 +243,8 @@ void PrintQueues(const mm::ListQueuesResponse& response) {
   for (const mm::QueueInfo& q : response.queues()) width = std::max(width, q.name().size());
   const std::string row = absl::StrCat("%-", width, "s  %-7s %5s  %-5s  %8s  %7s  %7s  %7s  %s\n");
   const auto format = absl::ParsedFormat<'s', 's', 's', 's', 's', 's', 's', 's', 's'>::New(row);
-  std::cout << absl::StrFormat(*format, "QUEUE", "TEAMS", "PARTY", "RATED", "MAX WAIT",
-                               "TICKETS", "PLAYERS", "MATCHES", "DESCRIPTION");
+  std::cout << absl::StrFormat(*format, "QUEUE", "TEAMS", "PARTY", "RATED", "MAX WAIT", "TICKETS",
+                               "PLAYERS", "MATCHES", "DESCRIPTION");
   for (const mm::QueueInfo& q : response.queues()) {
     std::cout << absl::StrFormat(
         *format, q.name(), absl::StrCat(q.team_count(), "x", q.team_size()),
@@ -321,8 +321,8 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(positional.begin() + 2, positional.end());
   const auto want_args = [&](size_t n, const char* what) -> std::string {
     if (args.size() == n) return "";
-    return absl::StrCat(command, " takes ", n == 0 ? "no arguments" : what, ", got ",
-                        args.size(), " argument(s)");
+    return absl::StrCat(command, " takes ", n == 0 ? "no arguments" : what, ", got ", args.size(),
+                        " argument(s)");
   };
 
   // Check usage before connecting.

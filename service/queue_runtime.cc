@@ -529,9 +529,9 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
         const absl::Duration in = std::max(*e.acceptable_at - now, absl::ZeroDuration());
         *s->mutable_expected_wait() = ToProtoDuration(in);
         s->set_reason(absl::StrFormat(
-            "the closest group spans %.0f rating; the window is %.0f now and covers it in "
-            "about %s",
-            e.best_spread, e.window, absl::FormatDuration(absl::Trunc(in, absl::Seconds(1)))));
+            "the closest group spans %.0f rating; the window at the group's mean wait covers "
+            "it in about %s",
+            e.best_spread, absl::FormatDuration(absl::Ceil(in, absl::Seconds(1)))));
       } else {
         s->set_reason(absl::StrFormat(
             "the closest group spans %.0f rating, wider than this queue accepts; waiting for "

@@ -230,6 +230,7 @@ TEST(ServerTest, SearchingHeartbeatsExplainTheWaitAndWindowWidens) {
   ASSERT_TRUE(hb.has_searching());
   EXPECT_EQ(hb.searching().blocked_by(), mm::Searching::RATING_SPREAD);
   EXPECT_THAT(hb.searching().reason(), HasSubstr("spans 400"));
+  EXPECT_THAT(hb.searching().reason(), HasSubstr("in about 23s"));
   // Mean wait is 7.5 s now; 30 s are needed: 22.5 s to go.
   EXPECT_EQ(hb.searching().expected_wait().seconds(), 22);
   ASSERT_TRUE(bob->Expect().has_searching());

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""End-to-end test of matchd through an independent client: Python grpcio.
+
+Run as:
+  python3 tests/e2e/python_client_test.py --matchd PATH/TO/matchd \
+      --proto_dir /work/main/proto [unittest args...]
+
+Stubs are generated from the .proto at test time with grpc_tools.protoc, so
+the test speaks the published contract rather than sharing code with the
+server. Each test starts its own matchd on a free port. Apart from waiting for
+the port file (process start-up), the test synchronizes on stream events and
+RPC replies only; it never sleeps.
+"""
+
+import argparse
+import importlib
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import grpc
+import grpc_tools
+from grpc_tools import protoc
+
+RPC_TIMEOUT = 10  # seconds, on every RPC: a broken server fails, never hangs
+STARTUP_TIMEOUT = 20  # seconds for matchd to write its port file
+EXIT_TIMEOUT = 20  # seconds for matchd to exit after SIGTERM
+
+ARGS = None  # --matchd, --proto_dir
+pb = None  # matchmaking_pb2
+pb_grpc = None  # matchmaking_pb2_grpc
+_stub_dir = None
+
+
+def _well_known_types_include():
+    """The include dir holding google/protobuf/*.proto."""
+    candidates = [os.path.join(os.path.dirname(grpc_tools.__file__), '_proto')]
+    try:
+        import importlib.resources as resources
+        candidates.append(str(resources.files('grpc_tools') / '_proto'))
+    except (ImportError, AttributeError, TypeError):
+        pass
+    candidates.append('/usr/include')  # Debian's libprotobuf-dev
+    for path in candidates:
+        if os.path.exists(os.path.join(path, 'google', 'protobuf', 'duration.proto')):
+            return path
+    raise RuntimeError('no google/protobuf/duration.proto in any of %s' % candidates)
+
+
+def setUpModule():
+    global pb, pb_grpc, _stub_dir
+    _stub_dir = tempfile.mkdtemp(prefix='matchd_e2e_stubs_')
+    rc = protoc.main([
+        'grpc_tools.protoc',
+        '-I', ARGS.proto_dir,
+        '-I', _well_known_types_include(),
+        '--python_out', _stub_dir,
+        '--grpc_python_out', _stub_dir,
+        os.path.join(ARGS.proto_dir, 'matchmaking', 'v1', 'matchmaking.proto'),
+    ])
+    if rc != 0:
+        raise RuntimeError('grpc_tools.protoc failed with status %d' % rc)
+    sys.path.insert(0, _stub_dir)
+    pb = importlib.import_module('matchmaking.v1.matchmaking_pb2')
+    pb_grpc = importlib.import_module('matchmaking.v1.matchmaking_pb2_grpc')
+
+
+def tearDownModule():
+    if _stub_dir:
+        shutil.rmtree(_stub_dir, ignore_errors=True)
+
+
+def player(pid, rating=0.0):
+    return pb.Player(id=pid, rating=rating)
+
+
+class MatchdTest(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix='matchd_e2e_')
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        port_file = os.path.join(self.tmp, 'port')
+        self.proc = subprocess.Popen([
+            ARGS.matchd, '--listen', '127.0.0.1:0', '--port_file', port_file,
+            '--heartbeat', '1s'
+        ])
+        self.addCleanup(self._stop_server)
+        # Waiting for a process to start: a bounded poll on the port file,
+        # which matchd writes atomically once it is serving.
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not os.path.exists(port_file):
+            if self.proc.poll() is not None:
+                self.fail('matchd exited with status %d before serving' % self.proc.returncode)
+            if time.monotonic() > deadline:
+                self.fail('matchd wrote no port file within %d s' % STARTUP_TIMEOUT)
+            time.sleep(0.05)
+        with open(port_file) as f:
+            port = int(f.read().strip())
+        self.channel = grpc.insecure_channel('127.0.0.1:%d' % port)
+        self.addCleanup(self.channel.close)
+        self.stub = pb_grpc.MatchmakerStub(self.channel)
+
+    def _stop_server(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    # Helpers.
+
+    def find(self, queue, *players):
+        return self.stub.FindMatch(pb.FindMatchRequest(queue=queue, players=players),
+                                   timeout=RPC_TIMEOUT)
+
+    def assert_queued(self, call, queue):
+        ev = next(call)
+        self.assertEqual(ev.WhichOneof('event'), 'queued', ev)
+        self.assertEqual(ev.seq, 1)
+        self.assertEqual(ev.queued.queue, queue)
+        self.assertEqual(len(ev.ticket_id), 32)
+        return ev
+
+    def assert_stream_error(self, call, code):
+        with self.assertRaises(grpc.RpcError) as cm:
+            for ev in call:
+                self.fail('expected %s before any event, got %s' % (code, ev))
+        self.assertEqual(cm.exception.code(), code, cm.exception.details())
+        return cm.exception
+
+    def assert_rpc_error(self, rpc, request, code):
+        with self.assertRaises(grpc.RpcError) as cm:
+            rpc(request, timeout=RPC_TIMEOUT)
+        self.assertEqual(cm.exception.code(), code, cm.exception.details())
+
+    def finish_matched(self, call, queued):
+        """Reads the rest of a FindMatch stream: `searching`* then `matched`, then OK."""
+        events = list(call)  # raises RpcError unless the call ends OK
+        self.assertEqual(call.code(), grpc.StatusCode.OK)
+        self.assertTrue(events, 'stream ended without a matched event')
+        seq = queued.seq
+        for ev in events:
+            seq += 1
+            self.assertEqual(ev.seq, seq, 'seq must increase by one: %s' % ev)
+            self.assertEqual(ev.ticket_id, queued.ticket_id)
+        for ev in events[:-1]:
+            self.assertEqual(ev.WhichOneof('event'), 'searching', ev)
+        self.assertEqual(events[-1].WhichOneof('event'), 'matched', events[-1])
+        return events[-1].matched.match
+
+    # Tests.
+
+    def test_list_queues(self):
+        response = self.stub.ListQueues(pb.ListQueuesRequest(), timeout=RPC_TIMEOUT)
+        queues = {q.name: q for q in response.queues}
+        self.assertLessEqual({'duel', 'squad', 'ffa', 'casual'}, set(queues))
+        duel = queues['duel']
+        self.assertEqual((duel.team_count, duel.team_size, duel.rated), (2, 1, True))
+        self.assertFalse(queues['casual'].rated)
+
+    def test_two_find_match_streams_are_matched(self):
+        alice = self.find('duel', player('alice', 1500))
+        alice_queued = self.assert_queued(alice, 'duel')
+        bob = self.find('duel', player('bob', 1510))
+        bob_queued = self.assert_queued(bob, 'duel')
+        self.assertNotEqual(alice_queued.ticket_id, bob_queued.ticket_id)
+
+        a = self.finish_matched(alice, alice_queued)
+        b = self.finish_matched(bob, bob_queued)
+        self.assertEqual(a.match_id, b.match_id)
+        self.assertEqual(a.queue, 'duel')
+        self.assertCountEqual(a.ticket_ids, [alice_queued.ticket_id, bob_queued.ticket_id])
+        team_of = {}
+        for i, team in enumerate(a.teams):
+            for p in team.players:
+                team_of[p.id] = i
+        self.assertEqual(set(team_of), {'alice', 'bob'})
+        self.assertNotEqual(team_of['alice'], team_of['bob'])
+        self.assertEqual(len(a.teams), 2)
+
+    def test_invalid_arguments(self):
+        self.assert_stream_error(self.find('duel', player('', 1500)),
+                                 grpc.StatusCode.INVALID_ARGUMENT)
+        self.assert_stream_error(self.find('duel', player('nan', math.nan)),
+                                 grpc.StatusCode.INVALID_ARGUMENT)
+        self.assert_rpc_error(
+            self.stub.CreateTicket,
+            pb.CreateTicketRequest(queue='duel', players=[player('nan', math.nan)]),
+            grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_unknown_queue(self):
+        self.assert_stream_error(self.find('no-such-queue', player('alice', 1500)),
+                                 grpc.StatusCode.NOT_FOUND)
+
+    def test_same_player_twice_is_already_exists(self):
+        first = self.find('duel', player('carl', 1500))
+        self.assert_queued(first, 'duel')
+        self.assert_stream_error(self.find('duel', player('carl', 1500)),
+                                 grpc.StatusCode.ALREADY_EXISTS)
+        first.cancel()
+
+    def test_polling_create_get_cancel(self):
+        ticket = self.stub.CreateTicket(
+            pb.CreateTicketRequest(queue='casual', players=[player('dora'), player('eve')]),
+            timeout=RPC_TIMEOUT)
+        self.assertEqual(ticket.state, pb.Ticket.QUEUED)
+        self.assertEqual(ticket.queue, 'casual')
+        got = self.stub.GetTicket(pb.GetTicketRequest(ticket_id=ticket.ticket_id),
+                                  timeout=RPC_TIMEOUT)
+        self.assertEqual(got.state, pb.Ticket.QUEUED)
+        self.assertEqual([p.id for p in got.players], ['dora', 'eve'])
+        cancelled = self.stub.CancelTicket(pb.CancelTicketRequest(ticket_id=ticket.ticket_id),
+                                           timeout=RPC_TIMEOUT)
+        self.assertEqual(cancelled.state, pb.Ticket.CANCELLED)
+        got = self.stub.GetTicket(pb.GetTicketRequest(ticket_id=ticket.ticket_id),
+                                  timeout=RPC_TIMEOUT)
+        self.assertEqual(got.state, pb.Ticket.CANCELLED)
+        self.assert_rpc_error(self.stub.CancelTicket,
+                              pb.CancelTicketRequest(ticket_id=ticket.ticket_id),
+                              grpc.StatusCode.FAILED_PRECONDITION)
+
+    def test_cancelled_find_match_withdraws_the_ticket(self):
+        call = self.find('duel', player('fay', 1500))
+        ticket_id = self.assert_queued(call, 'duel').ticket_id
+        call.cancel()
+        # No reply tells the client that the server has processed the
+        # cancellation, so QUEUED may be seen briefly; ask again (bounded,
+        # each ask is a round trip) until the ticket leaves QUEUED.
+        states = []
+        deadline = time.monotonic() + RPC_TIMEOUT
+        while True:
+            t = self.stub.GetTicket(pb.GetTicketRequest(ticket_id=ticket_id), timeout=RPC_TIMEOUT)
+            states.append(pb.Ticket.State.Name(t.state))
+            self.assertNotEqual(t.state, pb.Ticket.MATCHED)
+            if t.state != pb.Ticket.QUEUED or time.monotonic() > deadline:
+                break
+        self.assertIn(t.state, (pb.Ticket.DETACHED, pb.Ticket.CANCELLED), states)
+        # The ticket is out of the pool: a compatible newcomer waits alone.
+        gus = self.find('duel', player('gus', 1500))
+        self.assertEqual(self.assert_queued(gus, 'duel').queued.players_waiting, 1)
+        gus.cancel()
+        t = self.stub.GetTicket(pb.GetTicketRequest(ticket_id=ticket_id), timeout=RPC_TIMEOUT)
+        self.assertIn(t.state, (pb.Ticket.DETACHED, pb.Ticket.CANCELLED))
+
+    def test_sigterm_drains_open_streams_and_exits_zero(self):
+        call = self.find('squad', player('hal', 1500))
+        self.assert_queued(call, 'squad')
+        self.proc.send_signal(signal.SIGTERM)
+        with self.assertRaises(grpc.RpcError) as cm:
+            for ev in call:  # heartbeats may still come first
+                self.assertEqual(ev.WhichOneof('event'), 'searching', ev)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                         cm.exception.details())
+        self.assertEqual(self.proc.wait(timeout=EXIT_TIMEOUT), 0)
+
+
+def main():
+    global ARGS
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('--matchd', required=True, help='path to the matchd binary')
+    parser.add_argument('--proto_dir', required=True, help='dir holding matchmaking/v1/*.proto')
+    ARGS, rest = parser.parse_known_args()
+    ARGS.matchd = os.path.abspath(ARGS.matchd)
+    ARGS.proto_dir = os.path.abspath(ARGS.proto_dir)
+    unittest.main(argv=[sys.argv[0]] + rest)
+
+
+if __name__ == '__main__':
+    main()
