@@ -477,7 +477,11 @@ TEST(ServerTest, DrainEndsWaitingCallsAndRefusesNewTickets) {
   TestServer ts;
   auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
   ASSERT_TRUE(alice->Expect().has_queued());
+  EXPECT_EQ(ts.HealthStatus("matchmaking.v1.Matchmaker"), 1);  // SERVING
+  EXPECT_EQ(ts.HealthStatus(""), 1);
   ts.server().Drain();
+  EXPECT_EQ(ts.HealthStatus("matchmaking.v1.Matchmaker"), 2);  // NOT_SERVING
+  EXPECT_EQ(ts.HealthStatus(""), 2);
   grpc::Status s = alice->Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_THAT(s.error_message(), HasSubstr("draining"));

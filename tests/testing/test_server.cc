@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
 #include "service/config.h"
@@ -66,6 +67,35 @@ mm::Ticket TestServer::GetTicket(const std::string& ticket_id) {
   grpc::Status status = stub_->GetTicket(&ctx, request, &ticket);
   EXPECT_TRUE(status.ok()) << status.error_code() << " " << status.error_message();
   return ticket;
+}
+
+int TestServer::HealthStatus(const std::string& service) {
+  // HealthCheckRequest { string service = 1; }
+  std::string request = "\x0a";
+  request.push_back(static_cast<char>(service.size()));
+  request += service;
+  grpc::Slice slice(request);
+  grpc::ByteBuffer in(&slice, 1), out;
+  grpc::GenericStub stub(channel_);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", in, &cq);
+  call->StartCall();
+  grpc::Status status;
+  call->Finish(&out, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  if (!cq.Next(&tag, &ok) || !ok || !status.ok()) return -1;
+  // HealthCheckResponse { ServingStatus status = 1; } (absent means 0, UNKNOWN)
+  std::vector<grpc::Slice> slices;
+  if (!out.Dump(&slices).ok()) return -1;
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {}
+  if (bytes.empty()) return 0;
+  return bytes.size() >= 2 && bytes[0] == 0x08 ? bytes[1] : -1;
 }
 
 mm::Ticket TestServer::WaitUntilNot(const std::string& ticket_id, mm::Ticket::State from) {
