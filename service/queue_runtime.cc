@@ -66,6 +66,13 @@ QueueRuntime::Ticket* QueueRuntime::Find(const std::string& ticket_id) {
   return it->second.get();
 }
 
+grpc::Status QueueRuntime::TicketNotFound(const std::string& ticket_id) const {
+  return grpc::Status(
+      grpc::StatusCode::NOT_FOUND,
+      absl::StrCat("ticket ", ticket_id, " not found: unknown, or it ended more than ",
+                   absl::FormatDuration(runtime_->limits.ticket_retention), " ago"));
+}
+
 void QueueRuntime::PublishCounts() {
   tickets_waiting_.store(static_cast<uint32_t>(pool_.tickets_waiting()),
                          std::memory_order_relaxed);
@@ -167,10 +174,7 @@ void QueueRuntime::CreateTicket(mm::CreateTicketRequest request,
 void QueueRuntime::GetTicket(const std::string& ticket_id, Responder<mm::Ticket>* responder) {
   Ticket* t = Find(ticket_id);
   if (t == nullptr) {
-    responder->Fail(grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        absl::StrCat("ticket ", ticket_id, " not found: unknown, or it ended more than ",
-                     absl::FormatDuration(runtime_->limits.ticket_retention), " ago")));
+    responder->Fail(TicketNotFound(ticket_id));
     return;
   }
   if (t->poll && t->state == mm::Ticket::QUEUED && t->link == nullptr) {
@@ -183,8 +187,7 @@ void QueueRuntime::CancelTicket(const std::string& ticket_id,
                                 Responder<mm::Ticket>* responder) {
   Ticket* t = Find(ticket_id);
   if (t == nullptr) {
-    responder->Fail(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                 absl::StrCat("ticket ", ticket_id, " not found")));
+    responder->Fail(TicketNotFound(ticket_id));
     return;
   }
   if (!t->active()) {
@@ -206,10 +209,7 @@ void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
                                std::shared_ptr<StreamLink> link) {
   Ticket* found = Find(ticket_id);
   if (found == nullptr) {
-    link->Close(grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        absl::StrCat("ticket ", ticket_id, " not found: unknown, or it ended more than ",
-                     absl::FormatDuration(runtime_->limits.ticket_retention), " ago")));
+    link->Close(TicketNotFound(ticket_id));
     return;
   }
   Ticket& t = *found;

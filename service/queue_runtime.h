@@ -75,6 +75,7 @@ class QueueRuntime final : private matcher::PoolListener {
       const google::protobuf::RepeatedPtrField<matchmaking::v1::Player>& players, bool poll,
       absl::Time expires);
   Ticket* Find(const std::string& ticket_id);
+  grpc::Status TicketNotFound(const std::string& ticket_id) const;
   void RunPool();
   // Moves a ticket to a terminal state: leaves the pool, frees its players,
   // ends its stream with `stream_status` (if attached) and schedules removal.
