@@ -87,7 +87,7 @@ class UnaryCall final : public Responder<Response> {
 
  private:
   UnaryCall(Runtime* runtime, EventLoop* loop, RequestMethod method, Handler handler)
-      : runtime_(runtime), loop_(loop), method_(method), handler_(handler) {}
+      : token_(runtime), runtime_(runtime), loop_(loop), method_(method), handler_(handler) {}
 
   void OnRequested(bool ok) {
     if (!ok) {  // the server is shutting down; the call never started
@@ -103,6 +103,7 @@ class UnaryCall final : public Responder<Response> {
   }
   void OnFinished(bool /*ok*/) { delete this; }
 
+  LiveCallToken token_;
   Runtime* const runtime_;
   EventLoop* const loop_;
   const RequestMethod method_;
@@ -199,7 +200,7 @@ void StartAcceptingCalls(Runtime* runtime, EventLoop* loop) {
 }
 
 StreamCall::StreamCall(Runtime* runtime, EventLoop* loop, Kind kind)
-    : runtime_(runtime), loop_(loop), kind_(kind) {}
+    : token_(runtime), runtime_(runtime), loop_(loop), kind_(kind) {}
 
 StreamCall::~StreamCall() {
   if (link_ != nullptr) link_->Unbind();

@@ -55,6 +55,7 @@ class StreamCall final {
   void Pump();             // issue the next write or the Finish
   void MaybeDelete();
 
+  LiveCallToken token_;
   Runtime* const runtime_;  // not owned
   EventLoop* const loop_;   // not owned
   const Kind kind_;

@@ -4,7 +4,9 @@
 #define MATCHD_SERVICE_RUNTIME_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -52,6 +54,32 @@ struct Runtime {
   std::atomic<int64_t> active_tickets{0};
 
   QueueRuntime* FindQueue(const std::string& name) const;
+
+  // Call objects alive (requested or in progress). Shutdown waits for zero
+  // before it shuts the completion queues down: no handler may start an
+  // operation on a queue that is shut down.
+  void CallCreated() { live_calls.fetch_add(1, std::memory_order_relaxed); }
+  void CallDestroyed();
+  // True if every call object was destroyed before `deadline`.
+  bool WaitForNoCalls(absl::Time deadline);
+
+ private:
+  std::atomic<int64_t> live_calls{0};
+  std::mutex calls_mu_;
+  std::condition_variable calls_cv_;
+};
+
+// Counts one live call object for Runtime::WaitForNoCalls. Declared as a
+// call's first member, so it is destroyed last, after the ServerContext.
+class LiveCallToken final {
+ public:
+  explicit LiveCallToken(Runtime* runtime) : runtime_(runtime) { runtime_->CallCreated(); }
+  ~LiveCallToken() { runtime_->CallDestroyed(); }
+  LiveCallToken(const LiveCallToken&) = delete;
+  LiveCallToken& operator=(const LiveCallToken&) = delete;
+
+ private:
+  Runtime* const runtime_;
 };
 
 // Connects a ticket, owned by its queue's loop, to the stream call that

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <thread>
 #include <utility>
 
@@ -22,6 +23,19 @@ constexpr char kServiceName[] = "matchmaking.v1.Matchmaker";
 QueueRuntime* Runtime::FindQueue(const std::string& name) const {
   auto it = queue_index.find(name);
   return it == queue_index.end() ? nullptr : queues[it->second].get();
+}
+
+void Runtime::CallDestroyed() {
+  if (live_calls.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    calls_cv_.notify_all();
+  }
+}
+
+bool Runtime::WaitForNoCalls(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(calls_mu_);
+  return calls_cv_.wait_until(lock, absl::ToChronoTime(deadline),
+                              [this] { return live_calls.load() == 0; });
 }
 
 absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
@@ -102,6 +116,12 @@ void MatchmakerServer::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   Drain();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  // Every call is now finished or cancelled, and every pending request has
+  // failed; the loops still run so that the call objects complete their last
+  // operations and free themselves. Only then may the queues shut down.
+  if (!runtime_->WaitForNoCalls(absl::Now() + absl::Seconds(10))) {
+    std::fprintf(stderr, "matchd: call objects still alive 10s after shutdown\n");
+  }
   for (auto& loop : runtime_->loops) loop->StopAndJoin();
 }
 
