@@ -64,8 +64,9 @@ class UnaryCall final : public Responder<Response> {
       grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
   using Handler = void (*)(Runtime*, const Request&, Responder<Response>*);
 
-  static void Listen(Runtime* runtime, EventLoop* loop, RequestMethod method, Handler handler) {
-    auto* call = new UnaryCall(runtime, loop, method, handler);
+  static void Listen(Runtime* runtime, EventLoop* loop, Rpc rpc, RequestMethod method,
+                     Handler handler) {
+    auto* call = new UnaryCall(runtime, loop, rpc, method, handler);
     (runtime->service.*method)(&call->ctx_, &call->request_, &call->responder_, loop->cq(),
                                loop->cq(), call->requested_tag_.Arm());
   }
@@ -75,6 +76,7 @@ class UnaryCall final : public Responder<Response> {
       loop_->Post([this, response] { Reply(response); });
       return;
     }
+    runtime_->metrics->RecordRpc(rpc_, grpc::StatusCode::OK);
     responder_.Finish(response, grpc::Status::OK, finished_tag_.Arm());
   }
   void Fail(const grpc::Status& status) override {
@@ -82,19 +84,25 @@ class UnaryCall final : public Responder<Response> {
       loop_->Post([this, status] { Fail(status); });
       return;
     }
+    runtime_->metrics->RecordRpc(rpc_, status.error_code());
     responder_.FinishWithError(status, finished_tag_.Arm());
   }
 
  private:
-  UnaryCall(Runtime* runtime, EventLoop* loop, RequestMethod method, Handler handler)
-      : token_(runtime), runtime_(runtime), loop_(loop), method_(method), handler_(handler) {}
+  UnaryCall(Runtime* runtime, EventLoop* loop, Rpc rpc, RequestMethod method, Handler handler)
+      : token_(runtime),
+        runtime_(runtime),
+        loop_(loop),
+        rpc_(rpc),
+        method_(method),
+        handler_(handler) {}
 
   void OnRequested(bool ok) {
     if (!ok) {  // the server is shutting down; the call never started
       delete this;
       return;
     }
-    Listen(runtime_, loop_, method_, handler_);
+    Listen(runtime_, loop_, rpc_, method_, handler_);
     if (request_.ByteSizeLong() > kMaxRequestBytes) {
       Fail(TooLarge(request_.ByteSizeLong()));
       return;
@@ -106,6 +114,7 @@ class UnaryCall final : public Responder<Response> {
   LiveCallToken token_;
   Runtime* const runtime_;
   EventLoop* const loop_;
+  const Rpc rpc_;
   const RequestMethod method_;
   const Handler handler_;
   grpc::ServerContext ctx_;
@@ -188,13 +197,13 @@ void StreamLink::Close(grpc::Status status, grpc::ByteBuffer* last) {
 
 void StartAcceptingCalls(Runtime* runtime, EventLoop* loop) {
   UnaryCall<mm::CreateTicketRequest, mm::Ticket>::Listen(
-      runtime, loop, &MatchmakerService::RequestCreateTicket, &HandleCreateTicket);
+      runtime, loop, Rpc::kCreateTicket, &MatchmakerService::RequestCreateTicket, &HandleCreateTicket);
   UnaryCall<mm::GetTicketRequest, mm::Ticket>::Listen(
-      runtime, loop, &MatchmakerService::RequestGetTicket, &HandleGetTicket);
+      runtime, loop, Rpc::kGetTicket, &MatchmakerService::RequestGetTicket, &HandleGetTicket);
   UnaryCall<mm::CancelTicketRequest, mm::Ticket>::Listen(
-      runtime, loop, &MatchmakerService::RequestCancelTicket, &HandleCancelTicket);
+      runtime, loop, Rpc::kCancelTicket, &MatchmakerService::RequestCancelTicket, &HandleCancelTicket);
   UnaryCall<mm::ListQueuesRequest, mm::ListQueuesResponse>::Listen(
-      runtime, loop, &MatchmakerService::RequestListQueues, &HandleListQueues);
+      runtime, loop, Rpc::kListQueues, &MatchmakerService::RequestListQueues, &HandleListQueues);
   StreamCall::Request(runtime, loop, StreamCall::Kind::kFindMatch);
   StreamCall::Request(runtime, loop, StreamCall::Kind::kWatchTicket);
 }
@@ -276,6 +285,7 @@ void StreamCall::Send(grpc::ByteBuffer event) {
 void StreamCall::Close(grpc::Status status, grpc::ByteBuffer* last) {
   if (state_ != State::kOpen || close_requested_) return;
   if (last != nullptr) outbox_.push_back(std::move(*last));
+  runtime_->metrics->RecordRpc(rpc(), status.error_code());
   close_requested_ = true;
   close_status_ = std::move(status);
   Pump();
@@ -337,6 +347,8 @@ void StreamCall::OnDone(bool /*ok*/) {
         ctx_.deadline() <= std::chrono::system_clock::now();
     const DetachReason reason =
         deadline_passed ? DetachReason::kCallerDeadline : DetachReason::kCallEnded;
+    runtime_->metrics->RecordRpc(rpc(), deadline_passed ? grpc::StatusCode::DEADLINE_EXCEEDED
+                                                        : grpc::StatusCode::CANCELLED);
     QueueRuntime* queue = runtime_->queues[queue_index_].get();
     queue->loop()->Post([queue, link = link_, reason] { queue->Detach(link.get(), reason); });
   }

@@ -54,6 +54,7 @@ class StreamCall final {
   void Reject(const grpc::Status& status);
   void Pump();             // issue the next write or the Finish
   void MaybeDelete();
+  Rpc rpc() const { return kind_ == Kind::kFindMatch ? Rpc::kFindMatch : Rpc::kWatchTicket; }
 
   LiveCallToken token_;
   Runtime* const runtime_;  // not owned

@@ -1,5 +1,8 @@
 // matchd: the matchmaking server. Flags -> ServerOptions -> Start -> wait for
-// SIGTERM/SIGINT -> drain -> Shutdown(deadline) -> exit 0.
+// SIGTERM/SIGINT -> drain (readiness off, delay, end waiting calls with
+// jitter) -> Shutdown(deadline) -> exit 0.
+#include <time.h>
+
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -12,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "service/config.h"
+#include "service/log.h"
 #include "service/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "Address to serve gRPC on (host:port).");
@@ -25,17 +29,51 @@ ABSL_FLAG(absl::Duration, ticket_retention, absl::Seconds(60),
           "How long a finished ticket still answers GetTicket and WatchTicket.");
 ABSL_FLAG(int64_t, max_waiting_tickets, 1000000,
           "Most tickets waiting in all queues together (RESOURCE_EXHAUSTED beyond).");
+ABSL_FLAG(absl::Duration, drain_delay, absl::Seconds(5),
+          "On SIGTERM/SIGINT: readiness turns NOT_SERVING at once; waiting calls keep waiting "
+          "this long (so load balancers stop sending callers here) before they are ended.");
+ABSL_FLAG(absl::Duration, drain_spread, absl::Seconds(5),
+          "Waiting calls are ended with UNAVAILABLE at random moments within this window, so "
+          "callers do not reconnect elsewhere in one burst.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
-          "On SIGTERM/SIGINT: how long in-flight calls get to finish before they are cancelled.");
+          "Then gRPC stops; calls still in flight get this long before they are cancelled.");
+ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
+          "Ping each connection this often; a caller that does not answer loses its tickets.");
+ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
+          "A connection whose ping is not answered within this is closed.");
+ABSL_FLAG(absl::Duration, min_client_ping_interval, absl::Seconds(10),
+          "Clients that ping more often than this are disconnected (GOAWAY too_many_pings).");
+ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(5),
+          "Close connections without calls after this long.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::Minutes(30),
+          "Ask callers to reconnect after this long (they then re-resolve and rebalance).");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::Seconds(60),
+          "Calls on an aged connection get this long before they are cancelled.");
+ABSL_FLAG(int64_t, memory_quota, 0,
+          "gRPC memory quota in bytes (0: none); keep it below the container's memory limit.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain; with --tls_key enables TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics on this host:port at /metrics (e.g. 0.0.0.0:9090); empty: "
+          "off.");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written to this file once serving (useful with port 0).");
 ABSL_FLAG(bool, print_default_config, false, "Print the embedded default config and exit.");
 
 namespace {
 
-void Log(const std::string& level, const std::string& msg) {
-  std::cerr << absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()) << " "
-            << level << " " << msg << std::endl;
+// Waits for SIGTERM/SIGINT for at most `timeout` (forever if infinite).
+// True if a signal came.
+bool WaitForSignal(const sigset_t& signals, absl::Duration timeout, int* sig) {
+  if (timeout == absl::InfiniteDuration()) return sigwait(&signals, sig) == 0;
+  const timespec ts = absl::ToTimespec(timeout);
+  const int got = sigtimedwait(&signals, nullptr, &ts);
+  if (got < 0) return false;
+  *sig = got;
+  return true;
 }
 
 }  // namespace
@@ -47,6 +85,12 @@ int main(int argc, char** argv) {
     std::cout << matchd::DefaultConfigJson();
     return 0;
   }
+  matchd::LogLevel level;
+  if (!matchd::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    matchd::Log(matchd::LogLevel::kError, "bad --log_level; use debug, info, warning or error");
+    return 2;
+  }
+  matchd::SetLogLevel(level);
 
   // Signals are taken by sigwait below, so block them before any thread starts.
   sigset_t signals;
@@ -58,7 +102,8 @@ int main(int argc, char** argv) {
   const std::string config_path = absl::GetFlag(FLAGS_config);
   auto queues = matchd::LoadConfig(config_path);
   if (!queues.ok()) {
-    Log("ERROR", std::string(queues.status().message()));
+    matchd::Log(matchd::LogLevel::kError, "bad configuration",
+                {{"error", queues.status().message()}});
     return 2;
   }
   matchd::ServerOptions options;
@@ -68,27 +113,51 @@ int main(int argc, char** argv) {
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat);
   options.ticket_retention = absl::GetFlag(FLAGS_ticket_retention);
   options.max_waiting_tickets = absl::GetFlag(FLAGS_max_waiting_tickets);
+  options.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
+  options.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  options.min_client_ping_interval = absl::GetFlag(FLAGS_min_client_ping_interval);
+  options.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
+  options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  options.max_connection_age_grace = absl::GetFlag(FLAGS_max_connection_age_grace);
+  options.memory_quota_bytes = absl::GetFlag(FLAGS_memory_quota);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   const size_t queue_count = options.queues.size();
+  const bool tls = !options.tls_cert_file.empty();
+  const bool mtls = !options.tls_client_ca_file.empty();
 
-  auto server = matchd::MatchmakerServer::Start(std::move(options));
-  if (!server.ok()) {
-    Log("ERROR", std::string(server.status().message()));
+  auto started = matchd::MatchmakerServer::Start(std::move(options));
+  if (!started.ok()) {
+    matchd::Log(matchd::LogLevel::kError, "cannot start", {{"error", started.status().message()}});
     return 1;
   }
+  matchd::MatchmakerServer& server = **started;
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     const std::string tmp = port_file + ".tmp";
-    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::ofstream(tmp) << server.port() << "\n";
     std::rename(tmp.c_str(), port_file.c_str());  // readers never see a partial file
   }
-  Log("INFO", absl::StrCat("matchd serving on port ", (*server)->port(), " with ", queue_count,
-                           " queues from ",
-                           config_path.empty() ? "the embedded default config" : config_path));
+  matchd::Log(matchd::LogLevel::kInfo, "serving",
+              {{"port", server.port()},
+               {"metrics_port", server.metrics_port()},
+               {"queues", static_cast<int64_t>(queue_count)},
+               {"config", config_path.empty() ? "embedded default" : config_path},
+               {"tls", tls ? (mtls ? "mtls" : "tls") : "off"}});
 
   int sig = 0;
-  sigwait(&signals, &sig);
-  Log("INFO", absl::StrCat("received ", sig == SIGTERM ? "SIGTERM" : "SIGINT", "; draining"));
-  (*server)->Shutdown(absl::GetFlag(FLAGS_drain_timeout));
-  Log("INFO", "stopped");
+  WaitForSignal(signals, absl::InfiniteDuration(), &sig);
+  matchd::Log(matchd::LogLevel::kInfo, "signal received; draining",
+              {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  server.Drain();
+  // A second signal skips the remaining waits.
+  bool hurry = WaitForSignal(signals, absl::GetFlag(FLAGS_drain_delay), &sig);
+  const absl::Duration spread = hurry ? absl::ZeroDuration() : absl::GetFlag(FLAGS_drain_spread);
+  server.EndWaitingCalls(spread);
+  if (!hurry) WaitForSignal(signals, spread, &sig);
+  server.Shutdown(absl::GetFlag(FLAGS_drain_timeout));
+  matchd::Log(matchd::LogLevel::kInfo, "stopped");
   return 0;
 }

@@ -46,7 +46,8 @@ QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, 
       runtime_(runtime),
       loop_(loop),
       pool_(settings_.rules, this),
-      rng_(std::random_device{}()) {}
+      rng_(std::random_device{}()),
+      metrics_(&runtime->metrics->queue(index)) {}
 
 QueueRuntime::~QueueRuntime() = default;
 
@@ -76,6 +77,7 @@ grpc::Status QueueRuntime::TicketNotFound(const std::string& ticket_id) const {
 void QueueRuntime::PublishCounts() {
   tickets_waiting_.store(static_cast<uint32_t>(pool_.tickets_waiting()),
                          std::memory_order_relaxed);
+  metrics_->waiting->Set(static_cast<double>(pool_.tickets_waiting()));
   players_waiting_.store(static_cast<uint32_t>(pool_.players_waiting()),
                          std::memory_order_relaxed);
 }
@@ -135,6 +137,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   ++active_;
   t.queued_players_waiting = static_cast<uint32_t>(pool_.players_waiting());
   tickets_.emplace(t.key, std::move(owned));
+  metrics_->created->Increment();
   PublishCounts();
   return &t;
 }
@@ -300,15 +303,27 @@ void QueueRuntime::Detach(const StreamLink* link, DetachReason reason) {
   PublishCounts();
 }
 
-void QueueRuntime::Drain() {
+void QueueRuntime::EndWaiting(absl::Time start, absl::Duration spread) {
   draining_ = true;
+  std::uniform_real_distribution<double> jitter(0.0, 1.0);
   for (auto& [key, ticket] : tickets_) {
     if (!ticket->active()) continue;
-    Finish(*ticket, mm::Ticket::CANCELLED, "the server drained",
-           grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "server is draining; retry on another replica"));
+    if (spread <= absl::ZeroDuration()) {
+      EndDrained(key);
+      continue;
+    }
+    // Spread so that callers do not all reconnect to other replicas at once.
+    const TicketKey k = key;
+    loop_->RunAt(start + spread * jitter(rng_), [this, k] { EndDrained(k); });
   }
-  RunPool();
+}
+
+void QueueRuntime::EndDrained(TicketKey key) {
+  auto it = tickets_.find(key);
+  if (it == tickets_.end() || !it->second->active()) return;
+  Finish(*it->second, mm::Ticket::CANCELLED, "the server drained",
+         grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      "server is draining; retry on another replica"));
 }
 
 bool QueueRuntime::StillWaiting(TicketKey key) {
@@ -362,6 +377,9 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
   *q->mutable_mean_wait() = ToProtoDuration(formed.mean_wait);
   std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(std::move(m));
   matches_formed_.fetch_add(1, std::memory_order_relaxed);
+  metrics_->matches->Increment();
+  metrics_->rating_spread->Observe(formed.rating_spread);
+  metrics_->team_gap->Observe(formed.team_gap);
   for (const std::vector<TicketKey>& team : formed.teams) {
     for (TicketKey key : team) {
       Ticket& t = *tickets_.at(key);
@@ -387,6 +405,19 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     }
     --active_;
     runtime_->active_tickets.fetch_sub(1);
+    switch (state) {
+      case mm::Ticket::MATCHED:
+        metrics_->matched->Increment();
+        metrics_->wait_seconds->Observe(
+            absl::ToDoubleSeconds(runtime_->clock->Now() - t.created));
+        break;
+      case mm::Ticket::EXPIRED:
+        metrics_->expired->Increment();
+        break;
+      default:
+        metrics_->cancelled->Increment();
+        break;
+    }
   }
   t.state = state;
   t.detail = std::move(detail);

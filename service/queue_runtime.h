@@ -48,8 +48,11 @@ class QueueRuntime final : private matcher::PoolListener {
                    std::shared_ptr<StreamLink> link);
   // The stream `link` ended without the server ending it.
   void Detach(const StreamLink* link, DetachReason reason);
-  // Ends every attached stream with UNAVAILABLE and cancels stream tickets.
-  void Drain();
+  // Stops admitting tickets and ends every active ticket (CANCELLED, its
+  // stream with UNAVAILABLE "draining"), each at a random moment within
+  // [start, start + spread) (at once if the spread is zero). A later call
+  // with a shorter spread ends the rest sooner.
+  void EndWaiting(absl::Time start, absl::Duration spread);
 
   // Live counts for ListQueues; thread-safe.
   uint32_t tickets_waiting() const { return tickets_waiting_.load(std::memory_order_relaxed); }
@@ -87,6 +90,7 @@ class QueueRuntime final : private matcher::PoolListener {
   void Heartbeat(matcher::TicketKey key);
   void LeaseExpired(matcher::TicketKey key);
   void Requeue(Ticket& t);
+  void EndDrained(matcher::TicketKey key);
   matchmaking::v1::MatchEvent QueuedEvent(const Ticket& t, uint64_t seq) const;
   matchmaking::v1::MatchEvent SearchingEvent(Ticket& t);
   matchmaking::v1::Ticket ToProto(const Ticket& t) const;
@@ -102,6 +106,7 @@ class QueueRuntime final : private matcher::PoolListener {
   std::unordered_map<std::string, matcher::TicketKey> players_;
   matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;
+  Metrics::Queue* const metrics_;  // owned by runtime_->metrics
   EventLoop::TimerId pool_timer_ = 0;
   absl::Time pool_timer_at_ = absl::InfiniteFuture();
   bool draining_ = false;

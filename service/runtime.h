@@ -18,6 +18,7 @@
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
 #include "service/config.h"
 #include "service/event_loop.h"
+#include "service/metrics.h"
 
 namespace matchd {
 
@@ -45,6 +46,7 @@ struct RuntimeLimits {
 struct Runtime {
   RuntimeLimits limits;
   const Clock* clock = nullptr;  // not owned
+  std::unique_ptr<Metrics> metrics;
   MatchmakerService service;
   std::vector<std::unique_ptr<EventLoop>> loops;
   std::vector<std::unique_ptr<QueueRuntime>> queues;

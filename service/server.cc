@@ -3,21 +3,96 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <thread>
 #include <utility>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
 #include "service/calls.h"
+#include "service/log.h"
 #include "service/queue_runtime.h"
 
 namespace matchd {
 
 namespace {
+
 constexpr char kServiceName[] = "matchmaking.v1.Matchmaker";
+constexpr char kLivenessName[] = "liveness";
+constexpr absl::Duration kLagProbeInterval = absl::Seconds(1);
+
+int Millis(absl::Duration d) {
+  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), INT32_MAX));
+}
+
+absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  if (buffer.str().find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not a PEM file"));
+  }
+  return buffer.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const ServerOptions& options) {
+  if (options.tls_cert_file.empty() && options.tls_key_file.empty()) {
+    if (!options.tls_client_ca_file.empty()) {
+      return absl::InvalidArgumentError("a TLS client CA needs a server certificate and key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key");
+  }
+  absl::StatusOr<std::string> cert = ReadPem("tls_cert", options.tls_cert_file);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadPem("tls_key", options.tls_key_file);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!options.tls_client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadPem("tls_client_ca", options.tls_client_ca_file);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+absl::Status CheckOptions(const ServerOptions& options) {
+  if (options.queues.empty()) return absl::InvalidArgumentError("at least one queue is required");
+  if (options.threads < 0) return absl::InvalidArgumentError("threads must be >= 0");
+  if (options.heartbeat_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("heartbeat interval must be > 0");
+  }
+  if (options.ticket_retention < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ticket retention must be >= 0");
+  }
+  if (options.max_waiting_tickets < 1) {
+    return absl::InvalidArgumentError("max waiting tickets must be >= 1");
+  }
+  for (absl::Duration d : {options.keepalive_time, options.keepalive_timeout,
+                           options.min_client_ping_interval, options.max_connection_idle,
+                           options.max_connection_age, options.max_connection_age_grace}) {
+    if (d <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError("keepalive and connection durations must be > 0");
+    }
+  }
+  if (options.memory_quota_bytes < 0) {
+    return absl::InvalidArgumentError("memory quota must be >= 0 (0: none)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 QueueRuntime* Runtime::FindQueue(const std::string& name) const {
@@ -40,17 +115,9 @@ bool Runtime::WaitForNoCalls(absl::Time deadline) {
 
 absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
     ServerOptions options) {
-  if (options.queues.empty()) return absl::InvalidArgumentError("at least one queue is required");
-  if (options.threads < 0) return absl::InvalidArgumentError("threads must be >= 0");
-  if (options.heartbeat_interval <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("heartbeat interval must be > 0");
-  }
-  if (options.ticket_retention < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("ticket retention must be >= 0");
-  }
-  if (options.max_waiting_tickets < 1) {
-    return absl::InvalidArgumentError("max waiting tickets must be >= 1");
-  }
+  if (absl::Status st = CheckOptions(options); !st.ok()) return st;
+  auto credentials = MakeCredentials(options);
+  if (!credentials.ok()) return credentials.status();
   const int threads = options.threads > 0
                           ? options.threads
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
@@ -62,14 +129,44 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.heartbeat_interval = options.heartbeat_interval;
   rt.limits.ticket_retention = options.ticket_retention;
   rt.limits.max_waiting_tickets = options.max_waiting_tickets;
+  std::vector<std::string> queue_names;
+  for (const QueueSettings& q : options.queues) queue_names.push_back(q.name);
+  rt.metrics = std::make_unique<Metrics>(queue_names, threads);
+
+  if (!options.metrics_listen.empty()) {
+    try {
+      server->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
+    }
+    server->exposer_->RegisterCollectable(rt.metrics->registry());
+    const std::vector<int> ports = server->exposer_->GetListeningPorts();
+    server->metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
   builder.RegisterService(&rt.service);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, Millis(options.keepalive_time));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, Millis(options.keepalive_timeout));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             Millis(options.min_client_ping_interval));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             Millis(options.max_connection_idle));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, Millis(options.max_connection_age));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                             Millis(options.max_connection_age_grace));
+  if (options.memory_quota_bytes > 0) {
+    grpc::ResourceQuota quota("matchd");
+    quota.Resize(static_cast<size_t>(options.memory_quota_bytes));
+    builder.SetResourceQuota(quota);
+  }
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
   for (int i = 0; i < threads; ++i) cqs.push_back(builder.AddCompletionQueue());
   server->server_ = builder.BuildAndStart();
@@ -90,39 +187,65 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   }
   for (auto& loop : rt.loops) StartAcceptingCalls(&rt, loop.get());
   for (auto& loop : rt.loops) loop->Start();
+  for (auto& loop : rt.loops) server->StartLagProbe(loop.get());
 
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
   health->SetServingStatus(kServiceName, true);
+  health->SetServingStatus(kLivenessName, true);
   health->SetServingStatus(true);
   return server;
+}
+
+void MatchmakerServer::StartLagProbe(EventLoop* loop) {
+  // A timer that re-arms itself; how late it runs is the loop's lag.
+  struct Probe {
+    static void Arm(EventLoop* loop, Metrics* metrics) {
+      const absl::Time due = loop->clock().Now() + kLagProbeInterval;
+      loop->RunAt(due, [loop, metrics, due] {
+        metrics->RecordLoopLag(loop->index(), loop->clock().Now() - due);
+        Arm(loop, metrics);
+      });
+    }
+  };
+  Metrics* metrics = runtime_->metrics.get();
+  loop->Post([loop, metrics] { Probe::Arm(loop, metrics); });
 }
 
 MatchmakerServer::~MatchmakerServer() { Shutdown(absl::ZeroDuration()); }
 
 void MatchmakerServer::Drain() {
   if (runtime_ == nullptr || runtime_->draining.exchange(true)) return;
-  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
-    health->SetServingStatus(kServiceName, false);
-    health->SetServingStatus(false);
-  }
+  Log(LogLevel::kInfo, "draining: readiness NOT_SERVING, new tickets refused");
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, false);
+  // Not the overall SetServingStatus(false): it would turn liveness off too.
+  health->SetServingStatus("", false);
+}
+
+void MatchmakerServer::EndWaitingCalls(absl::Duration spread) {
+  if (runtime_ == nullptr || shut_down_) return;
+  Drain();
+  // The window starts now, not when each loop gets to it.
+  const absl::Time start = runtime_->clock->Now();
   for (auto& queue : runtime_->queues) {
     QueueRuntime* q = queue.get();
-    q->loop()->Post([q] { q->Drain(); });
+    q->loop()->Post([q, start, spread] { q->EndWaiting(start, spread); });
   }
 }
 
 void MatchmakerServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || runtime_ == nullptr) return;
+  EndWaitingCalls(absl::ZeroDuration());
   shut_down_ = true;
-  Drain();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   // Every call is now finished or cancelled, and every pending request has
   // failed; the loops still run so that the call objects complete their last
   // operations and free themselves. Only then may the queues shut down.
   if (!runtime_->WaitForNoCalls(absl::Now() + absl::Seconds(10))) {
-    std::fprintf(stderr, "matchd: call objects still alive 10s after shutdown\n");
+    Log(LogLevel::kError, "call objects still alive 10s after shutdown");
   }
   for (auto& loop : runtime_->loops) loop->StopAndJoin();
+  exposer_.reset();
 }
 
 void MatchmakerServer::WakeLoops() {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <grpcpp/server.h>
+#include <prometheus/exposer.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -41,6 +42,32 @@ struct ServerOptions {
   // Not owned; nullptr means the real clock. Tests pass a ManualClock and call
   // WakeLoops() after advancing it.
   const Clock* clock = nullptr;
+
+  // Connection management. The server pings every `keepalive_time` and drops
+  // a connection whose ping is not answered within `keepalive_timeout`: that
+  // is how a frozen or vanished caller's tickets leave the pool. Clients must
+  // not ping more often than `min_client_ping_interval`.
+  absl::Duration keepalive_time = absl::Seconds(30);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
+  absl::Duration min_client_ping_interval = absl::Seconds(10);
+  absl::Duration max_connection_idle = absl::Minutes(5);
+  // Connections are closed (GOAWAY) after this age so callers re-resolve and
+  // spread over new replicas; streams get `max_connection_age_grace` to end.
+  absl::Duration max_connection_age = absl::Minutes(30);
+  absl::Duration max_connection_age_grace = absl::Seconds(60);
+  // gRPC's memory quota for this server (bytes); 0: none. Keep it below the
+  // container's memory limit.
+  int64_t memory_quota_bytes = 0;
+
+  // TLS: PEM files. Without a certificate the server is plaintext. With a
+  // client CA, clients must present a certificate it signed (mTLS).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+
+  // Prometheus endpoint (host:port, path /metrics); empty: none. Port 0 picks
+  // a free port (see metrics_port()).
+  std::string metrics_listen;
 };
 
 class MatchmakerServer final {
@@ -56,14 +83,23 @@ class MatchmakerServer final {
 
   // The bound port.
   int port() const { return port_; }
+  // The bound metrics port; 0 without a metrics endpoint.
+  int metrics_port() const { return metrics_port_; }
 
-  // Starts draining: health turns NOT_SERVING, new tickets get UNAVAILABLE and
-  // every waiting call ends with UNAVAILABLE "server is draining".
-  // Idempotent; thread-safe.
+  // Starts draining: readiness (health service "matchmaking.v1.Matchmaker"
+  // and "") turns NOT_SERVING and new tickets get UNAVAILABLE. Waiting
+  // tickets keep waiting (and may still be matched) until EndWaitingCalls.
+  // Liveness (service "liveness") stays SERVING. Idempotent; thread-safe.
   void Drain();
 
-  // Drain(), then stops gRPC, giving in-flight calls up to `grace` before they
-  // are cancelled, and stops the loops. Idempotent. Not from a loop thread.
+  // Drain(), then ends every waiting ticket (its call with UNAVAILABLE
+  // "server is draining"), each at a random moment within `spread` so that
+  // callers do not reconnect elsewhere in one burst. Thread-safe.
+  void EndWaitingCalls(absl::Duration spread);
+
+  // EndWaitingCalls(0), then stops gRPC, giving in-flight calls up to `grace`
+  // before they are cancelled, and stops the loops. Idempotent. Not from a
+  // loop thread.
   void Shutdown(absl::Duration grace);
 
   // Wakes every loop so that timers due by a manual clock run.
@@ -72,9 +108,13 @@ class MatchmakerServer final {
  private:
   MatchmakerServer() = default;
 
+  void StartLagProbe(EventLoop* loop);
+
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
+  int metrics_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -88,7 +88,7 @@ class MatchdTest(unittest.TestCase):
         port_file = os.path.join(self.tmp, 'port')
         self.proc = subprocess.Popen([
             ARGS.matchd, '--listen', '127.0.0.1:0', '--port_file', port_file,
-            '--heartbeat', '1s'
+            '--heartbeat', '1s', '--drain_delay', '1s', '--drain_spread', '1s'
         ])
         self.addCleanup(self._stop_server)
         # Waiting for a process to start: a bounded poll on the port file,
@@ -246,15 +246,32 @@ class MatchdTest(unittest.TestCase):
         t = self.stub.GetTicket(pb.GetTicketRequest(ticket_id=ticket_id), timeout=RPC_TIMEOUT)
         self.assertIn(t.state, (pb.Ticket.DETACHED, pb.Ticket.CANCELLED))
 
+    def health(self, service):
+        """grpc.health.v1.Health/Check, hand-encoded (no health stubs here)."""
+        check = self.channel.unary_unary('/grpc.health.v1.Health/Check')
+        reply = check(b'\x0a' + bytes([len(service)]) + service.encode(), timeout=RPC_TIMEOUT)
+        return reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
+
     def test_sigterm_drains_open_streams_and_exits_zero(self):
+        self.assertEqual(self.health('matchmaking.v1.Matchmaker'), 1)  # SERVING
         call = self.find('squad', player('hal', 1500))
         self.assert_queued(call, 'squad')
         self.proc.send_signal(signal.SIGTERM)
+        # Readiness goes NOT_SERVING (once the signal is handled); liveness stays.
+        deadline = time.monotonic() + RPC_TIMEOUT
+        while self.health('matchmaking.v1.Matchmaker') != 2 and time.monotonic() < deadline:
+            pass
+        self.assertEqual(self.health('matchmaking.v1.Matchmaker'), 2)  # NOT_SERVING
+        self.assertEqual(self.health('liveness'), 1)
+        with self.assertRaises(grpc.RpcError) as refused:
+            next(self.find('squad', player('ivy', 1500)))
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
         with self.assertRaises(grpc.RpcError) as cm:
             for ev in call:  # heartbeats may still come first
                 self.assertEqual(ev.WhichOneof('event'), 'searching', ev)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          cm.exception.details())
+        self.assertIn('draining', cm.exception.details())
         self.assertEqual(self.proc.wait(timeout=EXIT_TIMEOUT), 0)
 
 

@@ -1,5 +1,9 @@
 // Service tests: a real server on 127.0.0.1 port 0 (manual clock) and real
 // gRPC clients. No sleeps: tests wait for events or for a state to show.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <set>
 #include <string>
@@ -473,23 +477,70 @@ TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
   EXPECT_EQ(squad.players_waiting(), 2u);
 }
 
-TEST(ServerTest, DrainEndsWaitingCallsAndRefusesNewTickets) {
+TEST(ServerTest, DrainTurnsReadinessOffThenEndsWaitingCallsWithinTheSpread) {
   TestServer ts;
-  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1000)});
+  auto bob = EventStream::Find(ts.stub(), "squad", {MakePlayer("bob")});
   ASSERT_TRUE(alice->Expect().has_queued());
+  ASSERT_TRUE(bob->Expect().has_queued());
   EXPECT_EQ(ts.HealthStatus("matchmaking.v1.Matchmaker"), 1);  // SERVING
   EXPECT_EQ(ts.HealthStatus(""), 1);
+  EXPECT_EQ(ts.HealthStatus("liveness"), 1);
+
   ts.server().Drain();
   EXPECT_EQ(ts.HealthStatus("matchmaking.v1.Matchmaker"), 2);  // NOT_SERVING
   EXPECT_EQ(ts.HealthStatus(""), 2);
-  grpc::Status s = alice->Finish();
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_THAT(s.error_message(), HasSubstr("draining"));
-  grpc::Status refused = FindError(ts.stub(), "duel", {MakePlayer("bob")});
+  EXPECT_EQ(ts.HealthStatus("liveness"), 1);  // the process is fine
+  grpc::Status refused = FindError(ts.stub(), "duel", {MakePlayer("carol")});
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.error_message(), HasSubstr("draining"));
   mm::Ticket t;
-  EXPECT_EQ(CreateTicket(ts.stub(), "duel", {MakePlayer("carol")}, &t).error_code(),
+  EXPECT_EQ(CreateTicket(ts.stub(), "duel", {MakePlayer("dan")}, &t).error_code(),
             grpc::StatusCode::UNAVAILABLE);
+  // Waiting tickets still wait while load balancers catch up.
+  EXPECT_EQ(ts.GetTicket(alice->events()[0].ticket_id()).state(), mm::Ticket::QUEUED);
+
+  ts.server().EndWaitingCalls(absl::Seconds(10));
+  ts.Advance(absl::Seconds(10));  // every call ends at some moment within the spread
+  for (EventStream* s : {alice.get(), bob.get()}) {
+    grpc::Status status = s->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_THAT(status.error_message(), HasSubstr("draining"));
+  }
+}
+
+TEST(ServerTest, FrozenClientsTicketLeavesWithinTheKeepaliveTimeout) {
+  TestServerOptions options;
+  options.keepalive_time = absl::Seconds(1);
+  options.keepalive_timeout = absl::Seconds(1);
+  TestServer ts(options);
+  // A real client process that opens a FindMatch and is then frozen.
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    execl(MATCHCTL_PATH, "matchctl", "--server", ts.address().c_str(), "find", "--queue",
+          "squad", "--player", "frozen:1500", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  // Its first line names the ticket: "queued    ticket <id> in squad ...".
+  std::string line;
+  char c;
+  while (read(out[0], &c, 1) == 1 && c != '\n') line.push_back(c);
+  const size_t at = line.find("ticket ");
+  ASSERT_NE(at, std::string::npos) << line;
+  const std::string id = line.substr(at + 7, 32);
+  ASSERT_EQ(kill(child, SIGSTOP), 0);
+  // The server pings after 1 s and gives up 1 s later; WaitUntilNot polls for 10 s.
+  const mm::Ticket ticket = ts.WaitUntilNot(id, mm::Ticket::QUEUED);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  close(out[0]);
+  EXPECT_EQ(ticket.state(), mm::Ticket::DETACHED);
 }
 
 }  // namespace

@@ -35,11 +35,23 @@ TestServer::TestServer(TestServerOptions options) {
   server_options.heartbeat_interval = options.heartbeat;
   server_options.max_waiting_tickets = options.max_waiting_tickets;
   server_options.clock = &clock_;
+  server_options.keepalive_time = options.keepalive_time;
+  server_options.keepalive_timeout = options.keepalive_timeout;
+  server_options.tls_cert_file = options.tls_cert_file;
+  server_options.tls_key_file = options.tls_key_file;
+  server_options.tls_client_ca_file = options.tls_client_ca_file;
+  server_options.metrics_listen = options.metrics_listen;
   auto server = MatchmakerServer::Start(std::move(server_options));
   EXPECT_TRUE(server.ok()) << server.status();
   server_ = *std::move(server);
-  channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
-                                 grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  // Test certificates name "localhost".
+  args.SetSslTargetNameOverride("localhost");
+  channel_ = grpc::CreateCustomChannel(
+      address(),
+      options.channel_credentials ? options.channel_credentials
+                                  : grpc::InsecureChannelCredentials(),
+      args);
   stub_ = mm::Matchmaker::NewStub(channel_);
 }
 
@@ -48,9 +60,8 @@ TestServer::~TestServer() { server_->Shutdown(absl::ZeroDuration()); }
 std::unique_ptr<mm::Matchmaker::Stub> TestServer::NewStub() const {
   grpc::ChannelArguments args;
   args.SetInt("grpc.use_local_subchannel_pool", 1);  // a connection of its own
-  return mm::Matchmaker::NewStub(grpc::CreateCustomChannel(
-      "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials(),
-      args));
+  return mm::Matchmaker::NewStub(
+      grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args));
 }
 
 void TestServer::Advance(absl::Duration d) {

@@ -24,6 +24,12 @@ struct TestServerOptions {
   int threads = 2;  // more than one, so hand-offs between loops are exercised
   absl::Duration heartbeat = absl::Seconds(5);
   int64_t max_waiting_tickets = 10000;
+  absl::Duration keepalive_time = absl::Seconds(30);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
+  std::string tls_cert_file, tls_key_file, tls_client_ca_file;
+  // Credentials of the test's own channel; plaintext if null.
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
+  std::string metrics_listen;
 };
 
 class TestServer {
@@ -35,6 +41,7 @@ class TestServer {
   ManualClock& clock() { return clock_; }
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
   matchmaking::v1::Matchmaker::Stub& stub() { return *stub_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(server_->port()); }
   // A stub on its own connection.
   std::unique_ptr<matchmaking::v1::Matchmaker::Stub> NewStub() const;
 

@@ -1,0 +1,190 @@
+// TLS, mTLS and the Prometheus endpoint, against a real server.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/testing/test_server.h"
+
+namespace matchd::testing {
+namespace {
+
+namespace mm = ::matchmaking::v1;
+using ::testing::HasSubstr;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// A CA, a server certificate for "localhost" and a client certificate, made
+// with the openssl command line in a fresh directory.
+class Certificates {
+ public:
+  Certificates() {
+    char tmpl[] = "/tmp/matchd_tls_XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    const std::string script = R"sh(
+set -e
+cd "$0"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 \
+  -subj "/CN=matchd test CA" 2>/dev/null
+for who in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj "/CN=localhost" \
+    2>/dev/null
+  printf "subjectAltName=DNS:localhost\n" > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem \
+    -days 1 -extfile $who.ext 2>/dev/null
+done
+)sh";
+    const std::string command = "bash -c '" + script + "' " + dir_;
+    ok_ = std::system(command.c_str()) == 0;
+  }
+  ~Certificates() { std::system(("rm -rf " + dir_).c_str()); }
+  bool ok() const { return ok_; }
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+  std::string pem(const std::string& name) const { return ReadFile(path(name)); }
+
+ private:
+  std::string dir_;
+  bool ok_ = false;
+};
+
+grpc::Status ListQueues(mm::Matchmaker::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  mm::ListQueuesResponse response;
+  return stub.ListQueues(&ctx, mm::ListQueuesRequest(), &response);
+}
+
+std::unique_ptr<mm::Matchmaker::Stub> StubWith(const std::string& address,
+                                               std::shared_ptr<grpc::ChannelCredentials> creds) {
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("localhost");
+  args.SetInt("grpc.use_local_subchannel_pool", 1);
+  return mm::Matchmaker::NewStub(grpc::CreateCustomChannel(address, creds, args));
+}
+
+TEST(SecurityTest, TlsServesTlsClientsAndRefusesPlaintext) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok());
+  TestServerOptions options;
+  options.tls_cert_file = certs.path("server.pem");
+  options.tls_key_file = certs.path("server.key");
+  grpc::SslCredentialsOptions client;
+  client.pem_root_certs = certs.pem("ca.pem");
+  options.channel_credentials = grpc::SslCredentials(client);
+  TestServer ts(options);
+  EXPECT_TRUE(ListQueues(ts.stub()).ok());
+  auto plain = StubWith(ts.address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(ListQueues(*plain).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST(SecurityTest, MutualTlsRequiresAClientCertificateFromTheCa) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok());
+  TestServerOptions options;
+  options.tls_cert_file = certs.path("server.pem");
+  options.tls_key_file = certs.path("server.key");
+  options.tls_client_ca_file = certs.path("ca.pem");
+  grpc::SslCredentialsOptions with_cert;
+  with_cert.pem_root_certs = certs.pem("ca.pem");
+  with_cert.pem_private_key = certs.pem("client.key");
+  with_cert.pem_cert_chain = certs.pem("client.pem");
+  options.channel_credentials = grpc::SslCredentials(with_cert);
+  TestServer ts(options);
+  EXPECT_TRUE(ListQueues(ts.stub()).ok());
+  grpc::SslCredentialsOptions without_cert;
+  without_cert.pem_root_certs = certs.pem("ca.pem");
+  auto anonymous = StubWith(ts.address(), grpc::SslCredentials(without_cert));
+  EXPECT_EQ(ListQueues(*anonymous).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST(SecurityTest, BadTlsFilesAreRefusedAtStart) {
+  ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.queues = *ParseConfig(kTestConfig);
+  options.tls_cert_file = "/nonexistent/cert.pem";
+  options.tls_key_file = "/nonexistent/key.pem";
+  auto server = MatchmakerServer::Start(std::move(options));
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("/nonexistent/cert.pem"));
+}
+
+// GET http://127.0.0.1:port/path, the whole response.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, n);
+    }
+  }
+  close(fd);
+  return response;
+}
+
+// The value of the first sample of `name` whose labels contain every one of
+// `labels`, or -1.
+double Sample(const std::string& text, const std::string& name,
+              const std::vector<std::string>& labels) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(name + "{", 0) != 0) continue;
+    bool all = true;
+    for (const auto& l : labels) all = all && line.find(l) != std::string::npos;
+    if (all) return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return -1;
+}
+
+TEST(MetricsTest, PrometheusEndpointCountsTicketsMatchesAndRpcs) {
+  TestServerOptions options;
+  options.metrics_listen = "127.0.0.1:0";
+  TestServer ts(options);
+  ASSERT_GT(ts.server().metrics_port(), 0);
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)});
+  auto bob = EventStream::Find(ts.stub(), "duel", {MakePlayer("bob", 1540)});
+  ASSERT_TRUE(alice->Finish().ok());
+  ASSERT_TRUE(bob->Finish().ok());
+  auto carol = EventStream::Find(ts.stub(), "duel", {MakePlayer("carol", 1500)});
+  ASSERT_TRUE(carol->Expect().has_queued());
+  EXPECT_EQ(EventStream::Find(ts.stub(), "nope", {MakePlayer("x")})->Finish().error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  const std::string text = HttpGet(ts.server().metrics_port(), "/metrics");
+  ASSERT_THAT(text, HasSubstr("200 OK"));
+  const std::string duel = "queue=\"duel\"";
+  EXPECT_EQ(Sample(text, "matchd_tickets_created_total", {duel}), 3);
+  EXPECT_EQ(Sample(text, "matchd_matches_total", {duel}), 1);
+  EXPECT_EQ(Sample(text, "matchd_tickets_ended_total", {duel, "outcome=\"matched\""}), 2);
+  EXPECT_EQ(Sample(text, "matchd_tickets_waiting", {duel}), 1);
+  EXPECT_EQ(Sample(text, "matchd_ticket_wait_seconds_count", {duel}), 2);
+  EXPECT_EQ(Sample(text, "matchd_match_rating_spread_sum", {duel}), 40);
+  EXPECT_EQ(Sample(text, "matchd_rpcs_total", {"method=\"FindMatch\"", "code=\"OK\""}), 2);
+  EXPECT_EQ(Sample(text, "matchd_rpcs_total", {"method=\"FindMatch\"", "code=\"NOT_FOUND\""}),
+            1);
+  EXPECT_THAT(text, HasSubstr("matchd_event_loop_lag_seconds_bucket{"));
+}
+
+}  // namespace
+}  // namespace matchd::testing
