@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "service/log.h"
 #include "service/status_util.h"
 #include "service/validation.h"
 
@@ -136,6 +137,11 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   for (const mm::Player& p : players) players_[p.id()] = t.key;
   ++active_;
   t.queued_players_waiting = static_cast<uint32_t>(pool_.players_waiting());
+  if (LogEnabled(LogLevel::kDebug)) {
+    Log(LogLevel::kDebug, "ticket queued",
+        {{"queue", settings_.name}, {"ticket", t.id}, {"players", players.size()},
+         {"poll", poll}});
+  }
   tickets_.emplace(t.key, std::move(owned));
   metrics_->created->Increment();
   PublishCounts();
@@ -418,6 +424,11 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
         metrics_->cancelled->Increment();
         break;
     }
+  }
+  if (LogEnabled(LogLevel::kDebug)) {
+    Log(LogLevel::kDebug, "ticket ended",
+        {{"queue", settings_.name}, {"ticket", t.id}, {"state", mm::Ticket::State_Name(state)},
+         {"detail", detail}});
   }
   t.state = state;
   t.detail = std::move(detail);
