@@ -14,6 +14,7 @@ namespace matchd {
 namespace {
 
 namespace mm = ::matchmaking::v1;
+namespace hv1 = ::grpc::health::v1;
 
 const grpc::Status kDraining(grpc::StatusCode::UNAVAILABLE,
                              "server is draining; retry on another replica");
@@ -56,18 +57,18 @@ absl::Time CallerDeadline(const grpc::ServerContext& ctx, const Clock& clock) {
 // the Responder to whichever loop owns the state; that loop calls Reply or
 // Fail exactly once. Like every operation on a call, the Finish is issued on
 // the call's own loop (a post back when the reply comes from another loop).
-template <typename Request, typename Response>
+template <typename Service, typename Request, typename Response>
 class UnaryCall final : public Responder<Response> {
  public:
-  using RequestMethod = void (MatchmakerService::*)(
+  using RequestMethod = void (Service::*)(
       grpc::ServerContext*, Request*, grpc::ServerAsyncResponseWriter<Response>*,
       grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
   using Handler = void (*)(Runtime*, const Request&, Responder<Response>*);
 
-  static void Listen(Runtime* runtime, EventLoop* loop, Rpc rpc, RequestMethod method,
-                     Handler handler) {
-    auto* call = new UnaryCall(runtime, loop, rpc, method, handler);
-    (runtime->service.*method)(&call->ctx_, &call->request_, &call->responder_, loop->cq(),
+  static void Listen(Runtime* runtime, Service* service, EventLoop* loop, Rpc rpc,
+                     RequestMethod method, Handler handler) {
+    auto* call = new UnaryCall(runtime, service, loop, rpc, method, handler);
+    (service->*method)(&call->ctx_, &call->request_, &call->responder_, loop->cq(),
                                loop->cq(), call->requested_tag_.Arm());
   }
 
@@ -89,9 +90,11 @@ class UnaryCall final : public Responder<Response> {
   }
 
  private:
-  UnaryCall(Runtime* runtime, EventLoop* loop, Rpc rpc, RequestMethod method, Handler handler)
+  UnaryCall(Runtime* runtime, Service* service, EventLoop* loop, Rpc rpc, RequestMethod method,
+            Handler handler)
       : token_(runtime),
         runtime_(runtime),
+        service_(service),
         loop_(loop),
         rpc_(rpc),
         method_(method),
@@ -102,7 +105,7 @@ class UnaryCall final : public Responder<Response> {
       delete this;
       return;
     }
-    Listen(runtime_, loop_, rpc_, method_, handler_);
+    Listen(runtime_, service_, loop_, rpc_, method_, handler_);
     if (request_.ByteSizeLong() > kMaxRequestBytes) {
       Fail(TooLarge(request_.ByteSizeLong()));
       return;
@@ -113,6 +116,7 @@ class UnaryCall final : public Responder<Response> {
 
   LiveCallToken token_;
   Runtime* const runtime_;
+  Service* const service_;
   EventLoop* const loop_;
   const Rpc rpc_;
   const RequestMethod method_;
@@ -177,6 +181,147 @@ void HandleListQueues(Runtime* rt, const mm::ListQueuesRequest& /*request*/,
   responder->Reply(response);
 }
 
+using HealthAsyncService = hv1::Health::AsyncService;
+
+void HandleHealthCheck(Runtime* rt, const hv1::HealthCheckRequest& request,
+                       Responder<hv1::HealthCheckResponse>* responder) {
+  const std::optional<ServingStatus> status = rt->health.Get(request.service());
+  if (!status.has_value()) {
+    return responder->Fail(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                        absl::StrCat("unknown service \"", request.service(),
+                                                     "\"; matchd reports \"\", \"liveness\" and "
+                                                     "\"matchmaking.v1.Matchmaker\"")));
+  }
+  hv1::HealthCheckResponse response;
+  response.set_status(*status);
+  responder->Reply(response);
+}
+
+// grpc.health.v1.Health/Watch: the status now, then each change, until the
+// server stops (or the caller leaves). States: requested -> open (one write
+// in flight, later statuses replace a queued one) -> closing (Finish) ->
+// freed once the done notification has come and nothing is outstanding.
+class HealthWatchCall final {
+ public:
+  static void Request(Runtime* runtime, EventLoop* loop) {
+    auto* call = new HealthWatchCall(runtime, loop);
+    call->ctx_.AsyncNotifyWhenDone(call->done_tag_.Arm());
+    runtime->health_service.RequestWatch(&call->ctx_, &call->request_, &call->writer_,
+                                         loop->cq(), loop->cq(), call->requested_tag_.Arm());
+  }
+
+ private:
+  // The board's side; posts to the call's loop.
+  class Link final : public HealthBoard::Listener, public std::enable_shared_from_this<Link> {
+   public:
+    Link(EventLoop* loop, HealthWatchCall* call) : loop_(loop), call_(call) {}
+    void Notify(ServingStatus status) override {
+      loop_->Post([self = shared_from_this(), status] {
+        if (self->call_ != nullptr) self->call_->Send(status);
+      });
+    }
+    void Close() override {
+      loop_->Post([self = shared_from_this()] {
+        if (self->call_ != nullptr) self->call_->Close();
+      });
+    }
+    void Unbind() { call_ = nullptr; }  // loop thread only
+
+   private:
+    EventLoop* const loop_;
+    HealthWatchCall* call_;
+  };
+
+  HealthWatchCall(Runtime* runtime, EventLoop* loop)
+      : token_(runtime), runtime_(runtime), loop_(loop) {}
+  ~HealthWatchCall() {
+    if (link_ != nullptr) {
+      runtime_->health.Unwatch(link_.get());
+      link_->Unbind();
+    }
+  }
+
+  void OnRequested(bool ok) {
+    if (!ok) {
+      delete this;
+      return;
+    }
+    Request(runtime_, loop_);
+    open_ = true;
+    link_ = std::make_shared<Link>(loop_, this);
+    const std::optional<ServingStatus> now = runtime_->health.Watch(request_.service(), link_);
+    if (!now.has_value()) return Close();  // the server is stopping
+    Send(*now);
+  }
+  void Send(ServingStatus status) {
+    if (!open_ || closing_) return;
+    pending_ = status;
+    Pump();
+  }
+  void Close() {
+    if (!open_ || closing_) return;
+    closing_ = true;
+    Pump();
+  }
+  void Pump() {
+    if (in_flight_ || done_) return;
+    if (pending_.has_value()) {
+      if (*pending_ != last_sent_) {
+        response_.set_status(*pending_);
+        last_sent_ = *pending_;
+        pending_.reset();
+        in_flight_ = true;
+        writer_.Write(response_, written_tag_.Arm());
+        return;
+      }
+      pending_.reset();
+    }
+    if (closing_) {
+      in_flight_ = true;
+      runtime_->metrics->RecordRpc(Rpc::kHealthWatch, grpc::StatusCode::OK);
+      writer_.Finish(grpc::Status::OK, finished_tag_.Arm());
+      finished_ = true;
+    }
+  }
+  void OnWritten(bool ok) {
+    in_flight_ = false;
+    if (ok && !finished_) Pump();
+    MaybeDelete();
+  }
+  void OnFinished(bool /*ok*/) {
+    in_flight_ = false;
+    MaybeDelete();
+  }
+  void OnDone(bool /*ok*/) {
+    done_ = true;
+    if (!finished_) runtime_->metrics->RecordRpc(Rpc::kHealthWatch, grpc::StatusCode::CANCELLED);
+    MaybeDelete();
+  }
+  void MaybeDelete() {
+    if (done_ && !in_flight_) delete this;
+  }
+
+  LiveCallToken token_;
+  Runtime* const runtime_;
+  EventLoop* const loop_;
+  grpc::ServerContext ctx_;
+  hv1::HealthCheckRequest request_;
+  grpc::ServerAsyncWriter<hv1::HealthCheckResponse> writer_{&ctx_};
+  hv1::HealthCheckResponse response_;  // alive until its write completes
+  std::shared_ptr<Link> link_;
+  std::optional<ServingStatus> pending_;
+  ServingStatus last_sent_ = static_cast<ServingStatus>(-1);
+  bool open_ = false;
+  bool closing_ = false;
+  bool in_flight_ = false;
+  bool finished_ = false;
+  bool done_ = false;
+  MemberCompletion<HealthWatchCall> requested_tag_{this, &HealthWatchCall::OnRequested};
+  MemberCompletion<HealthWatchCall> written_tag_{this, &HealthWatchCall::OnWritten};
+  MemberCompletion<HealthWatchCall> finished_tag_{this, &HealthWatchCall::OnFinished};
+  MemberCompletion<HealthWatchCall> done_tag_{this, &HealthWatchCall::OnDone};
+};
+
 }  // namespace
 
 void StreamLink::Send(grpc::ByteBuffer event) {
@@ -196,16 +341,25 @@ void StreamLink::Close(grpc::Status status, grpc::ByteBuffer* last) {
 }
 
 void StartAcceptingCalls(Runtime* runtime, EventLoop* loop) {
-  UnaryCall<mm::CreateTicketRequest, mm::Ticket>::Listen(
-      runtime, loop, Rpc::kCreateTicket, &MatchmakerService::RequestCreateTicket, &HandleCreateTicket);
-  UnaryCall<mm::GetTicketRequest, mm::Ticket>::Listen(
-      runtime, loop, Rpc::kGetTicket, &MatchmakerService::RequestGetTicket, &HandleGetTicket);
-  UnaryCall<mm::CancelTicketRequest, mm::Ticket>::Listen(
-      runtime, loop, Rpc::kCancelTicket, &MatchmakerService::RequestCancelTicket, &HandleCancelTicket);
-  UnaryCall<mm::ListQueuesRequest, mm::ListQueuesResponse>::Listen(
-      runtime, loop, Rpc::kListQueues, &MatchmakerService::RequestListQueues, &HandleListQueues);
+  MatchmakerService* mm = &runtime->service;
+  UnaryCall<MatchmakerService, mm::CreateTicketRequest, mm::Ticket>::Listen(
+      runtime, mm, loop, Rpc::kCreateTicket, &MatchmakerService::RequestCreateTicket,
+      &HandleCreateTicket);
+  UnaryCall<MatchmakerService, mm::GetTicketRequest, mm::Ticket>::Listen(
+      runtime, mm, loop, Rpc::kGetTicket, &MatchmakerService::RequestGetTicket,
+      &HandleGetTicket);
+  UnaryCall<MatchmakerService, mm::CancelTicketRequest, mm::Ticket>::Listen(
+      runtime, mm, loop, Rpc::kCancelTicket, &MatchmakerService::RequestCancelTicket,
+      &HandleCancelTicket);
+  UnaryCall<MatchmakerService, mm::ListQueuesRequest, mm::ListQueuesResponse>::Listen(
+      runtime, mm, loop, Rpc::kListQueues, &MatchmakerService::RequestListQueues,
+      &HandleListQueues);
   StreamCall::Request(runtime, loop, StreamCall::Kind::kFindMatch);
   StreamCall::Request(runtime, loop, StreamCall::Kind::kWatchTicket);
+  UnaryCall<HealthAsyncService, hv1::HealthCheckRequest, hv1::HealthCheckResponse>::Listen(
+      runtime, &runtime->health_service, loop, Rpc::kHealthCheck,
+      &HealthAsyncService::RequestCheck, &HandleHealthCheck);
+  HealthWatchCall::Request(runtime, loop);
 }
 
 StreamCall::StreamCall(Runtime* runtime, EventLoop* loop, Kind kind)

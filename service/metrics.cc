@@ -5,8 +5,9 @@
 namespace matchd {
 namespace {
 
-constexpr const char* kRpcNames[kRpcCount] = {"FindMatch",   "CreateTicket", "GetTicket",
-                                              "CancelTicket", "WatchTicket", "ListQueues"};
+constexpr const char* kRpcNames[kRpcCount] = {
+    "FindMatch",  "CreateTicket", "GetTicket",  "CancelTicket",
+    "WatchTicket", "ListQueues",  "HealthCheck", "HealthWatch"};
 constexpr const char* kCodeNames[] = {
     "OK",        "CANCELLED",          "UNKNOWN",      "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
     "NOT_FOUND", "ALREADY_EXISTS",     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",

@@ -18,8 +18,17 @@
 
 namespace matchd {
 
-enum class Rpc { kFindMatch, kCreateTicket, kGetTicket, kCancelTicket, kWatchTicket, kListQueues };
-inline constexpr int kRpcCount = 6;
+enum class Rpc {
+  kFindMatch,
+  kCreateTicket,
+  kGetTicket,
+  kCancelTicket,
+  kWatchTicket,
+  kListQueues,
+  kHealthCheck,
+  kHealthWatch,
+};
+inline constexpr int kRpcCount = 8;
 
 class Metrics final {
  public:

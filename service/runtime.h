@@ -15,9 +15,11 @@
 #include <grpcpp/support/status.h>
 
 #include "matcher/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
 #include "service/config.h"
 #include "service/event_loop.h"
+#include "service/health.h"
 #include "service/metrics.h"
 
 namespace matchd {
@@ -48,6 +50,8 @@ struct Runtime {
   const Clock* clock = nullptr;  // not owned
   std::unique_ptr<Metrics> metrics;
   MatchmakerService service;
+  grpc::health::v1::Health::AsyncService health_service;
+  HealthBoard health;
   std::vector<std::unique_ptr<EventLoop>> loops;
   std::vector<std::unique_ptr<QueueRuntime>> queues;
   std::unordered_map<std::string, int> queue_index;

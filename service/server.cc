@@ -9,7 +9,6 @@
 #include <utility>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
@@ -145,11 +144,15 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
     server->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
+  // Health is served on our own loops (calls.cc): gRPC's default health
+  // service runs on the callback API, whose extra polling threads took about
+  // half of the server's CPU per ticket in docs/PERFORMANCE.md.
+  grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
   builder.RegisterService(&rt.service);
+  builder.RegisterService(&rt.health_service);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, Millis(options.keepalive_time));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, Millis(options.keepalive_timeout));
@@ -189,10 +192,9 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   for (auto& loop : rt.loops) loop->Start();
   for (auto& loop : rt.loops) server->StartLagProbe(loop.get());
 
-  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
-  health->SetServingStatus(kServiceName, true);
-  health->SetServingStatus(kLivenessName, true);
-  health->SetServingStatus(true);
+  rt.health.Set(kServiceName, true);
+  rt.health.Set(kLivenessName, true);
+  rt.health.Set("", true);
   return server;
 }
 
@@ -216,10 +218,8 @@ MatchmakerServer::~MatchmakerServer() { Shutdown(absl::ZeroDuration()); }
 void MatchmakerServer::Drain() {
   if (runtime_ == nullptr || runtime_->draining.exchange(true)) return;
   Log(LogLevel::kInfo, "draining: readiness NOT_SERVING, new tickets refused");
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  health->SetServingStatus(kServiceName, false);
-  // Not the overall SetServingStatus(false): it would turn liveness off too.
-  health->SetServingStatus("", false);
+  runtime_->health.Set(kServiceName, false);
+  runtime_->health.Set("", false);
 }
 
 void MatchmakerServer::EndWaitingCalls(absl::Duration spread) {
@@ -237,6 +237,7 @@ void MatchmakerServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || runtime_ == nullptr) return;
   EndWaitingCalls(absl::ZeroDuration());
   shut_down_ = true;
+  runtime_->health.Shutdown();  // ends health watches, which never end on their own
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   // Every call is now finished or cancelled, and every pending request has
   // failed; the loops still run so that the call objects complete their last

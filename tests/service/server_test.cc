@@ -13,6 +13,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/testing/test_server.h"
 
 namespace matchd::testing {
@@ -507,6 +508,28 @@ TEST(ServerTest, DrainTurnsReadinessOffThenEndsWaitingCallsWithinTheSpread) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
     EXPECT_THAT(status.error_message(), HasSubstr("draining"));
   }
+}
+
+TEST(ServerTest, HealthWatchFollowsDrainAndEndsAtShutdown) {
+  auto ts = std::make_unique<TestServer>();
+  EXPECT_EQ(ts->HealthStatus("no-such-service"), -1);  // NOT_FOUND
+  auto health = grpc::health::v1::Health::NewStub(ts->channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("matchmaking.v1.Matchmaker");
+  auto watch = health->Watch(&ctx, request);
+  grpc::health::v1::HealthCheckResponse status;
+  ASSERT_TRUE(watch->Read(&status));
+  EXPECT_EQ(status.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  ts->server().Drain();
+  ASSERT_TRUE(watch->Read(&status));
+  EXPECT_EQ(status.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  // Shutdown ends the watch with OK (within its grace) instead of waiting for it.
+  ts->server().Shutdown(absl::Seconds(10));
+  while (watch->Read(&status)) {
+  }
+  EXPECT_TRUE(watch->Finish().ok());
 }
 
 TEST(ServerTest, FrozenClientsTicketLeavesWithinTheKeepaliveTimeout) {

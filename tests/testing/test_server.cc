@@ -2,9 +2,9 @@
 
 #include <chrono>
 
-#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "service/config.h"
 
 namespace matchd::testing {
@@ -81,32 +81,14 @@ mm::Ticket TestServer::GetTicket(const std::string& ticket_id) {
 }
 
 int TestServer::HealthStatus(const std::string& service) {
-  // HealthCheckRequest { string service = 1; }
-  std::string request = "\x0a";
-  request.push_back(static_cast<char>(service.size()));
-  request += service;
-  grpc::Slice slice(request);
-  grpc::ByteBuffer in(&slice, 1), out;
-  grpc::GenericStub stub(channel_);
-  grpc::CompletionQueue cq;
+  auto stub = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", in, &cq);
-  call->StartCall();
-  grpc::Status status;
-  call->Finish(&out, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  if (!cq.Next(&tag, &ok) || !ok || !status.ok()) return -1;
-  // HealthCheckResponse { ServingStatus status = 1; } (absent means 0, UNKNOWN)
-  std::vector<grpc::Slice> slices;
-  if (!out.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {}
-  if (bytes.empty()) return 0;
-  return bytes.size() >= 2 && bytes[0] == 0x08 ? bytes[1] : -1;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  if (!stub->Check(&ctx, request, &response).ok()) return -1;
+  return response.status();
 }
 
 mm::Ticket TestServer::WaitUntilNot(const std::string& ticket_id, mm::Ticket::State from) {

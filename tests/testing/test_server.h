@@ -51,7 +51,7 @@ class TestServer {
   // GetTicket with a deadline; fails the test on error.
   matchmaking::v1::Ticket GetTicket(const std::string& ticket_id);
   // grpc.health.v1.Health/Check for `service`: 1 SERVING, 2 NOT_SERVING;
-  // -1 if the call failed. Hand-encoded: the health proto is not installed.
+  // -1 if the call failed.
   int HealthStatus(const std::string& service);
   // Polls GetTicket until the state differs from `from` (bounded: 10 s).
   matchmaking::v1::Ticket WaitUntilNot(const std::string& ticket_id,
