@@ -64,6 +64,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
+#include "service/completion.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Server address (host:port).");
 ABSL_FLAG(int, server_pid, 0, "Server process for CPU and RSS figures (/proc); 0: none.");
@@ -289,26 +290,10 @@ int64_t TicketNumberOf(absl::string_view player_id) {
 // ---------------------------------------------------------------------------
 // Call state machines.
 
-// A tag handed to gRPC; the worker polling the completion queue calls
-// OnComplete(ok).
-class Tag {
- public:
-  virtual void OnComplete(bool ok) = 0;
-
- protected:
-  ~Tag() = default;
-};
-
+// Completion-queue tags: the same types as matchd's (service/completion.h).
+using Tag = matchd::Completion;
 template <typename T>
-class MemberTag final : public Tag {
- public:
-  MemberTag(T* owner, void (T::*fn)(bool)) : owner_(owner), fn_(fn) {}
-  void OnComplete(bool ok) override { (owner_->*fn_)(ok); }
-
- private:
-  T* const owner_;
-  void (T::*const fn_)(bool);
-};
+using MemberTag = matchd::MemberCompletion<T>;
 
 class Worker;
 

@@ -46,6 +46,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
+#include "service/completion.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "Address to serve on (host:port; port 0 = any).");
 ABSL_FLAG(std::string, port_file, "", "If set, the bound port is written here once serving.");
@@ -59,27 +60,10 @@ namespace {
 namespace mm = ::matchmaking::v1;
 using Service = mm::Matchmaker::AsyncService;
 
-// A tag handed to gRPC; the loop that polls the completion queue calls
-// OnComplete(ok) when the operation is done.
-class Tag {
- public:
-  virtual void OnComplete(bool ok) = 0;
-
- protected:
-  ~Tag() = default;
-};
-
-// A Tag that calls a member function of its owner.
+// Completion-queue tags: the same types as matchd's (service/completion.h).
+using Tag = matchd::Completion;
 template <typename T>
-class MemberTag final : public Tag {
- public:
-  MemberTag(T* owner, void (T::*fn)(bool)) : owner_(owner), fn_(fn) {}
-  void OnComplete(bool ok) override { (owner_->*fn_)(ok); }
-
- private:
-  T* const owner_;
-  void (T::*const fn_)(bool);
-};
+using MemberTag = matchd::MemberCompletion<T>;
 
 class FindMatchCall;
 

@@ -401,7 +401,9 @@ void StreamCall::Start() {
   if (kind_ == Kind::kFindMatch) {
     mm::FindMatchRequest request;
     grpc::ProtoBufferReader reader(&request_);
-    if (!request.ParseFromZeroCopyStream(&reader)) {
+    const bool parsed = request.ParseFromZeroCopyStream(&reader);
+    request_.Clear();  // not needed while the call waits
+    if (!parsed) {
       return Reject(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  "request is not a valid FindMatchRequest"));
     }
@@ -418,7 +420,9 @@ void StreamCall::Start() {
   }
   mm::WatchTicketRequest request;
   grpc::ProtoBufferReader reader(&request_);
-  if (!request.ParseFromZeroCopyStream(&reader)) {
+  const bool parsed = request.ParseFromZeroCopyStream(&reader);
+  request_.Clear();
+  if (!parsed) {
     return Reject(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                "request is not a valid WatchTicketRequest"));
   }
@@ -453,7 +457,7 @@ void StreamCall::Pump() {
   }
   if (!outbox_.empty()) {
     in_flight_ = std::move(outbox_.front());
-    outbox_.pop_front();
+    outbox_.erase(outbox_.begin());
     if (close_requested_ && outbox_.empty()) {
       // The last event and the status in one batch.
       state_ = State::kClosing;

@@ -5,8 +5,8 @@
 #ifndef MATCHD_SERVICE_CALLS_H_
 #define MATCHD_SERVICE_CALLS_H_
 
-#include <deque>
 #include <memory>
+#include <vector>
 
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/async_stream.h>
@@ -66,7 +66,9 @@ class StreamCall final {
   grpc::ServerAsyncWriter<grpc::ByteBuffer> writer_{&ctx_};
   std::shared_ptr<StreamLink> link_;
   int queue_index_ = -1;
-  std::deque<grpc::ByteBuffer> outbox_;
+  // Events not yet written, oldest first. A vector, not a deque: a deque
+  // allocates a block up front, and most calls only ever hold one or two.
+  std::vector<grpc::ByteBuffer> outbox_;
   grpc::ByteBuffer in_flight_;  // alive until its write completes
   bool write_in_flight_ = false;
   bool close_requested_ = false;

@@ -176,8 +176,10 @@ void QueueRuntime::CreateTicket(mm::CreateTicketRequest request,
   }
   Ticket& t = **admitted;
   ScheduleLease(t, now + settings_.poll_ttl);
-  responder->Reply(ToProto(t));
+  // Match first: the ticket that completes a match learns it in this reply
+  // rather than one poll later.
   RunPool();
+  responder->Reply(ToProto(t));
 }
 
 void QueueRuntime::GetTicket(const std::string& ticket_id, Responder<mm::Ticket>* responder) {

@@ -354,11 +354,14 @@ TEST(ServerTest, PollingFlowCreateGetCancel) {
   EXPECT_EQ(a.state(), mm::Ticket::QUEUED);
   EXPECT_EQ(ts.GetTicket(a.ticket_id()).state(), mm::Ticket::QUEUED);
   ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("bob", 1510)}, &b).ok());
+  // Bob completes the match on arrival, and his reply says so.
+  EXPECT_EQ(b.state(), mm::Ticket::MATCHED);
   mm::Ticket ga = ts.GetTicket(a.ticket_id());
   mm::Ticket gb = ts.GetTicket(b.ticket_id());
   ASSERT_EQ(ga.state(), mm::Ticket::MATCHED);
   ASSERT_EQ(gb.state(), mm::Ticket::MATCHED);
   EXPECT_EQ(ga.match().match_id(), gb.match().match_id());
+  EXPECT_EQ(b.match().match_id(), ga.match().match_id());
   mm::Ticket t;
   grpc::Status late = CancelTicket(ts.stub(), a.ticket_id(), &t);
   EXPECT_EQ(late.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
