@@ -508,7 +508,8 @@ void StreamCall::OnDone(bool /*ok*/) {
     runtime_->metrics->RecordRpc(rpc(), deadline_passed ? grpc::StatusCode::DEADLINE_EXCEEDED
                                                         : grpc::StatusCode::CANCELLED);
     QueueRuntime* queue = runtime_->queues[queue_index_].get();
-    queue->loop()->Post([queue, link = link_, reason] { queue->Detach(link.get(), reason); });
+    queue->loop()->Post(
+        [queue, link = link_, reason] { queue->OnStreamEnded(link.get(), reason); });
   }
   outbox_.clear();
   MaybeDelete();

@@ -29,6 +29,12 @@ ABSL_FLAG(absl::Duration, ticket_retention, absl::Seconds(60),
           "How long a finished ticket still answers GetTicket and WatchTicket.");
 ABSL_FLAG(int64_t, max_waiting_tickets, 1000000,
           "Most tickets waiting in all queues together (RESOURCE_EXHAUSTED beyond).");
+ABSL_FLAG(int64_t, max_retained_tickets, 100000,
+          "Most finished tickets kept per queue for GetTicket/WatchTicket (the oldest go "
+          "before --ticket_retention ends beyond it): bounds memory at any ticket rate.");
+ABSL_FLAG(int, max_receive_message_bytes, 4 * 1024 * 1024,
+          "Largest request gRPC accepts (RESOURCE_EXHAUSTED beyond); matchd's own limit on "
+          "a ticket request is 64 KiB (INVALID_ARGUMENT).");
 ABSL_FLAG(absl::Duration, drain_delay, absl::Seconds(5),
           "On SIGTERM/SIGINT: readiness turns NOT_SERVING at once; waiting calls keep waiting "
           "this long (so load balancers stop sending callers here) before they are ended.");
@@ -113,6 +119,8 @@ int main(int argc, char** argv) {
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat);
   options.ticket_retention = absl::GetFlag(FLAGS_ticket_retention);
   options.max_waiting_tickets = absl::GetFlag(FLAGS_max_waiting_tickets);
+  options.max_retained_tickets = absl::GetFlag(FLAGS_max_retained_tickets);
+  options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);
   options.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
   options.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
   options.min_client_ping_interval = absl::GetFlag(FLAGS_min_client_ping_interval);

@@ -214,6 +214,7 @@ void QueueRuntime::CancelTicket(const std::string& ticket_id,
   Finish(*t, mm::Ticket::CANCELLED, "cancelled by CancelTicket",
          grpc::Status(grpc::StatusCode::CANCELLED, "ticket cancelled by CancelTicket"));
   responder->Reply(ToProto(*t));
+  TrimRetired();
 }
 
 void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
@@ -311,6 +312,11 @@ void QueueRuntime::Detach(const StreamLink* link, DetachReason reason) {
   PublishCounts();
 }
 
+void QueueRuntime::OnStreamEnded(const StreamLink* link, DetachReason reason) {
+  Detach(link, reason);
+  TrimRetired();
+}
+
 void QueueRuntime::EndWaiting(absl::Time start, absl::Duration spread) {
   draining_ = true;
   std::uniform_real_distribution<double> jitter(0.0, 1.0);
@@ -324,6 +330,7 @@ void QueueRuntime::EndWaiting(absl::Time start, absl::Duration spread) {
     const TicketKey k = key;
     loop_->RunAt(start + spread * jitter(rng_), [this, k] { EndDrained(k); });
   }
+  TrimRetired();
 }
 
 void QueueRuntime::EndDrained(TicketKey key) {
@@ -332,6 +339,7 @@ void QueueRuntime::EndDrained(TicketKey key) {
   Finish(*it->second, mm::Ticket::CANCELLED, "the server drained",
          grpc::Status(grpc::StatusCode::UNAVAILABLE,
                       "server is draining; retry on another replica"));
+  TrimRetired();
 }
 
 bool QueueRuntime::StillWaiting(TicketKey key) {
@@ -441,7 +449,19 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     t.link.reset();
   }
   ScheduleLease(t, runtime_->clock->Now() + runtime_->limits.ticket_retention);
+  retired_.push_back(t.key);
   PublishCounts();
+}
+
+void QueueRuntime::TrimRetired() {
+  while (static_cast<int64_t>(retired_.size()) > runtime_->limits.max_retained_tickets) {
+    const TicketKey oldest = retired_.front();
+    retired_.pop_front();
+    auto it = tickets_.find(oldest);
+    if (it == tickets_.end()) continue;
+    loop_->CancelTimer(it->second->lease_timer);
+    tickets_.erase(it);
+  }
 }
 
 void QueueRuntime::Attach(Ticket& t, std::shared_ptr<StreamLink> link) {
@@ -504,9 +524,11 @@ void QueueRuntime::LeaseExpired(TicketKey key) {
              absl::StrCat("the FindMatch call was closed and not re-attached within ",
                           absl::FormatDuration(settings_.reattach_grace)),
              grpc::Status::OK);
+      TrimRetired();
       return;
     default:
       tickets_.erase(it);  // retention is over
+      while (!retired_.empty() && tickets_.count(retired_.front()) == 0) retired_.pop_front();
       return;
   }
 }
@@ -517,6 +539,7 @@ void QueueRuntime::RunPool() {
   pool_.Process(now);
   in_pool_callback_ = false;
   PublishCounts();
+  TrimRetired();
   const absl::Time wake = pool_.NextWakeup();
   if (wake == pool_timer_at_) return;
   loop_->CancelTimer(pool_timer_);

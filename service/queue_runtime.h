@@ -6,6 +6,7 @@
 #define MATCHD_SERVICE_QUEUE_RUNTIME_H_
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <random>
 #include <string>
@@ -47,7 +48,7 @@ class QueueRuntime final : private matcher::PoolListener {
   void WatchTicket(const std::string& ticket_id, uint64_t after_seq,
                    std::shared_ptr<StreamLink> link);
   // The stream `link` ended without the server ending it.
-  void Detach(const StreamLink* link, DetachReason reason);
+  void OnStreamEnded(const StreamLink* link, DetachReason reason);
   // Stops admitting tickets and ends every active ticket (CANCELLED, its
   // stream with UNAVAILABLE "draining"), each at a random moment within
   // [start, start + spread) (at once if the spread is zero). A later call
@@ -90,6 +91,10 @@ class QueueRuntime final : private matcher::PoolListener {
   void Heartbeat(matcher::TicketKey key);
   void LeaseExpired(matcher::TicketKey key);
   void Requeue(Ticket& t);
+  void Detach(const StreamLink* link, DetachReason reason);
+  // Drops the oldest finished tickets beyond the retention cap. Only where no
+  // ticket reference is held (not inside Finish or a pool callback).
+  void TrimRetired();
   void EndDrained(matcher::TicketKey key);
   matchmaking::v1::MatchEvent QueuedEvent(const Ticket& t, uint64_t seq) const;
   matchmaking::v1::MatchEvent SearchingEvent(Ticket& t);
@@ -104,6 +109,8 @@ class QueueRuntime final : private matcher::PoolListener {
   std::unordered_map<matcher::TicketKey, std::unique_ptr<Ticket>> tickets_;
   // Player id -> the QUEUED or DETACHED ticket holding it.
   std::unordered_map<std::string, matcher::TicketKey> players_;
+  // Finished tickets, oldest first (see RuntimeLimits::max_retained_tickets).
+  std::deque<matcher::TicketKey> retired_;
   matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;
   Metrics::Queue* const metrics_;  // owned by runtime_->metrics

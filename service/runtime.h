@@ -42,6 +42,9 @@ struct RuntimeLimits {
   absl::Duration heartbeat_interval = absl::Seconds(5);
   absl::Duration ticket_retention = absl::Seconds(60);
   int64_t max_waiting_tickets = 1'000'000;  // across all queues
+  // Finished tickets kept per queue for GetTicket/WatchTicket; beyond it the
+  // oldest go before their retention ends, so memory stays bounded at any rate.
+  int64_t max_retained_tickets = 100'000;
 };
 
 // Shared by every loop. Immutable after start except the atomics.

@@ -86,6 +86,12 @@ absl::Status CheckOptions(const ServerOptions& options) {
       return absl::InvalidArgumentError("keepalive and connection durations must be > 0");
     }
   }
+  if (options.max_retained_tickets < 0) {
+    return absl::InvalidArgumentError("max retained tickets must be >= 0");
+  }
+  if (options.max_receive_message_bytes < 1024) {
+    return absl::InvalidArgumentError("max receive message size must be >= 1024 bytes");
+  }
   if (options.memory_quota_bytes < 0) {
     return absl::InvalidArgumentError("memory quota must be >= 0 (0: none)");
   }
@@ -128,6 +134,7 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.heartbeat_interval = options.heartbeat_interval;
   rt.limits.ticket_retention = options.ticket_retention;
   rt.limits.max_waiting_tickets = options.max_waiting_tickets;
+  rt.limits.max_retained_tickets = options.max_retained_tickets;
   std::vector<std::string> queue_names;
   for (const QueueSettings& q : options.queues) queue_names.push_back(q.name);
   rt.metrics = std::make_unique<Metrics>(queue_names, threads);

@@ -36,6 +36,9 @@ struct ServerOptions {
   absl::Duration ticket_retention = absl::Seconds(60);
   // Most tickets waiting in all queues together; beyond it RESOURCE_EXHAUSTED.
   int64_t max_waiting_tickets = 1'000'000;
+  // Most finished tickets kept per queue for GetTicket/WatchTicket; the
+  // oldest go early beyond it, which bounds memory at any ticket rate.
+  int64_t max_retained_tickets = 100'000;
   // Largest request message accepted by gRPC (RESOURCE_EXHAUSTED beyond);
   // matchd's own limit (INVALID_ARGUMENT) is lower, see validation.h.
   int max_receive_message_bytes = 4 * 1024 * 1024;

@@ -381,6 +381,26 @@ TEST(ServerTest, PollingFlowCreateGetCancel) {
   EXPECT_EQ(ts.GetTicket(c2.ticket_id()).state(), mm::Ticket::QUEUED);
 }
 
+TEST(ServerTest, FinishedTicketsBeyondTheRetentionCapGoOldestFirst) {
+  TestServerOptions options;
+  options.max_retained_tickets = 2;
+  TestServer ts(options);
+  std::vector<std::string> ids;
+  for (const char* who : {"a", "b", "c"}) {
+    mm::Ticket t;
+    ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer(who, 1000)}, &t).ok());
+    ASSERT_TRUE(CancelTicket(ts.stub(), t.ticket_id(), &t).ok());
+    ids.push_back(t.ticket_id());
+  }
+  grpc::ClientContext ctx;
+  mm::GetTicketRequest get;
+  get.set_ticket_id(ids[0]);
+  mm::Ticket t;
+  EXPECT_EQ(ts.stub().GetTicket(&ctx, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(ts.GetTicket(ids[1]).state(), mm::Ticket::CANCELLED);
+  EXPECT_EQ(ts.GetTicket(ids[2]).state(), mm::Ticket::CANCELLED);
+}
+
 TEST(ServerTest, UnpolledTicketExpiresAfterPollTtl) {
   TestServer ts;
   mm::Ticket a, polled;

@@ -34,6 +34,7 @@ TestServer::TestServer(TestServerOptions options) {
   server_options.threads = options.threads;
   server_options.heartbeat_interval = options.heartbeat;
   server_options.max_waiting_tickets = options.max_waiting_tickets;
+  server_options.max_retained_tickets = options.max_retained_tickets;
   server_options.clock = &clock_;
   server_options.keepalive_time = options.keepalive_time;
   server_options.keepalive_timeout = options.keepalive_timeout;

@@ -24,6 +24,7 @@ struct TestServerOptions {
   int threads = 2;  // more than one, so hand-offs between loops are exercised
   absl::Duration heartbeat = absl::Seconds(5);
   int64_t max_waiting_tickets = 10000;
+  int64_t max_retained_tickets = 100000;
   absl::Duration keepalive_time = absl::Seconds(30);
   absl::Duration keepalive_timeout = absl::Seconds(10);
   std::string tls_cert_file, tls_key_file, tls_client_ca_file;
