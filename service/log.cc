@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <grpc/support/log.h>
+
 #include <atomic>
 #include <cmath>
 
@@ -78,5 +80,22 @@ void Log(LogLevel level, absl::string_view msg, std::initializer_list<LogField> 
   ssize_t unused = ::write(STDERR_FILENO, line.data(), line.size());
   (void)unused;
 }
+
+}  // namespace matchd
+
+namespace matchd {
+namespace {
+
+void GrpcLog(gpr_log_func_args* args) {
+  LogLevel level = LogLevel::kInfo;
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) level = LogLevel::kError;
+  if (args->severity == GPR_LOG_SEVERITY_DEBUG) level = LogLevel::kDebug;
+  Log(level, args->message,
+      {{"source", "grpc"}, {"file", args->file}, {"line", args->line}});
+}
+
+}  // namespace
+
+void RouteGrpcLogs() { gpr_set_log_function(&GrpcLog); }
 
 }  // namespace matchd

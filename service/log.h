@@ -42,6 +42,9 @@ using LogField = std::pair<absl::string_view, LogValue>;
 
 void Log(LogLevel level, absl::string_view msg, std::initializer_list<LogField> fields = {});
 
+// Routes gRPC's own log lines through Log, so that every line is JSON.
+void RouteGrpcLogs();
+
 }  // namespace matchd
 
 #endif  // MATCHD_SERVICE_LOG_H_

@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   matchd::SetLogLevel(level);
+  matchd::RouteGrpcLogs();
 
   // Signals are taken by sigwait below, so block them before any thread starts.
   sigset_t signals;

@@ -31,8 +31,9 @@ struct QueueRuntime::Ticket {
   std::shared_ptr<StreamLink> link;  // the attached stream, if any
   std::shared_ptr<const SharedMatch> match;
   std::string detail;
-  // One timer serves the poll TTL (QUEUED poll tickets without a stream), the
-  // re-attach grace (DETACHED) and retention (terminal states).
+  // One timer serves the poll TTL (QUEUED poll tickets without a stream) and
+  // the re-attach grace (DETACHED). For finished tickets lease_until is the
+  // end of retention, which retired_ keeps.
   absl::Time lease_until = absl::InfiniteFuture();
   absl::Time lease_timer_at = absl::InfiniteFuture();
   EventLoop::TimerId lease_timer = 0;
@@ -48,7 +49,12 @@ QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, 
       loop_(loop),
       pool_(settings_.rules, this),
       rng_(std::random_device{}()),
-      metrics_(&runtime->metrics->queue(index)) {}
+      metrics_(&runtime->metrics->queue(index)) {
+  // Growing the map by rehashing in steps would stall the loop for
+  // milliseconds each time a few hundred thousand tickets are held.
+  tickets_.reserve(static_cast<size_t>(
+      std::min<int64_t>(runtime->limits.max_retained_tickets + 1024, 1 << 18)));
+}
 
 QueueRuntime::~QueueRuntime() = default;
 
@@ -448,19 +454,35 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     t.link->Close(stream_status, last);
     t.link.reset();
   }
-  ScheduleLease(t, runtime_->clock->Now() + runtime_->limits.ticket_retention);
-  retired_.push_back(t.key);
+  // Retention needs no timer of its own: every finished ticket is kept for
+  // the same time, so the FIFO of finished tickets is also their expiry
+  // order and one timer on its front serves them all.
+  loop_->CancelTimer(t.lease_timer);
+  t.lease_timer = 0;
+  t.lease_timer_at = absl::InfiniteFuture();
+  t.lease_until = runtime_->clock->Now() + runtime_->limits.ticket_retention;
+  retired_.push_back(Retired{t.key, t.lease_until});
+  if (retention_timer_ == 0) ArmRetention();
   PublishCounts();
+}
+
+void QueueRuntime::ArmRetention() {
+  if (retired_.empty()) return;
+  retention_timer_ = loop_->RunAt(retired_.front().until, [this] {
+    retention_timer_ = 0;
+    const absl::Time now = runtime_->clock->Now();
+    while (!retired_.empty() && retired_.front().until <= now) {
+      tickets_.erase(retired_.front().key);
+      retired_.pop_front();
+    }
+    ArmRetention();
+  });
 }
 
 void QueueRuntime::TrimRetired() {
   while (static_cast<int64_t>(retired_.size()) > runtime_->limits.max_retained_tickets) {
-    const TicketKey oldest = retired_.front();
+    tickets_.erase(retired_.front().key);
     retired_.pop_front();
-    auto it = tickets_.find(oldest);
-    if (it == tickets_.end()) continue;
-    loop_->CancelTimer(it->second->lease_timer);
-    tickets_.erase(it);
   }
 }
 
@@ -527,9 +549,7 @@ void QueueRuntime::LeaseExpired(TicketKey key) {
       TrimRetired();
       return;
     default:
-      tickets_.erase(it);  // retention is over
-      while (!retired_.empty() && tickets_.count(retired_.front()) == 0) retired_.pop_front();
-      return;
+      return;  // finished: retention is the retired_ FIFO's business
   }
 }
 

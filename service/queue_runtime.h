@@ -95,6 +95,7 @@ class QueueRuntime final : private matcher::PoolListener {
   // Drops the oldest finished tickets beyond the retention cap. Only where no
   // ticket reference is held (not inside Finish or a pool callback).
   void TrimRetired();
+  void ArmRetention();
   void EndDrained(matcher::TicketKey key);
   matchmaking::v1::MatchEvent QueuedEvent(const Ticket& t, uint64_t seq) const;
   matchmaking::v1::MatchEvent SearchingEvent(Ticket& t);
@@ -109,8 +110,14 @@ class QueueRuntime final : private matcher::PoolListener {
   std::unordered_map<matcher::TicketKey, std::unique_ptr<Ticket>> tickets_;
   // Player id -> the QUEUED or DETACHED ticket holding it.
   std::unordered_map<std::string, matcher::TicketKey> players_;
-  // Finished tickets, oldest first (see RuntimeLimits::max_retained_tickets).
-  std::deque<matcher::TicketKey> retired_;
+  // Finished tickets, oldest first, with the end of their retention (see
+  // RuntimeLimits::max_retained_tickets); one timer serves the front.
+  struct Retired {
+    matcher::TicketKey key;
+    absl::Time until;
+  };
+  std::deque<Retired> retired_;
+  EventLoop::TimerId retention_timer_ = 0;
   matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;
   Metrics::Queue* const metrics_;  // owned by runtime_->metrics

@@ -399,6 +399,13 @@ TEST(ServerTest, FinishedTicketsBeyondTheRetentionCapGoOldestFirst) {
   EXPECT_EQ(ts.stub().GetTicket(&ctx, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(ts.GetTicket(ids[1]).state(), mm::Ticket::CANCELLED);
   EXPECT_EQ(ts.GetTicket(ids[2]).state(), mm::Ticket::CANCELLED);
+  // And every finished ticket goes when the retention (60 s) ends.
+  ts.Advance(absl::Seconds(61));
+  for (const std::string& id : {ids[1], ids[2]}) {
+    grpc::ClientContext again;
+    get.set_ticket_id(id);
+    EXPECT_EQ(ts.stub().GetTicket(&again, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
 }
 
 TEST(ServerTest, UnpolledTicketExpiresAfterPollTtl) {
