@@ -32,6 +32,13 @@ mm::Match MakeMatch(int players) {
   return m;
 }
 
+void SetCounters(benchmark::State& state, int members, size_t bytes) {
+  const double events = static_cast<double>(state.iterations()) * members;
+  state.counters["time_per_member"] =
+      benchmark::Counter(events, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["bytes_per_event"] = static_cast<double>(bytes) / events;
+}
+
 // matchd's way: one serialization per match, a header per member.
 void BM_SharedBody(benchmark::State& state) {
   const int members = static_cast<int>(state.range(0));
@@ -46,11 +53,7 @@ void BM_SharedBody(benchmark::State& state) {
       benchmark::DoNotOptimize(event);
     }
   }
-  state.counters["time_per_member"] = benchmark::Counter(
-      static_cast<double>(state.iterations()) * members,
-      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
-  state.counters["bytes_per_event"] =
-      static_cast<double>(bytes) / static_cast<double>(state.iterations() * members);
+  SetCounters(state, members, bytes);
 }
 
 // The naive way: each member's MatchEvent serialized in full.
@@ -71,11 +74,7 @@ void BM_PerMemberSerialization(benchmark::State& state) {
       benchmark::DoNotOptimize(event);
     }
   }
-  state.counters["time_per_member"] = benchmark::Counter(
-      static_cast<double>(state.iterations()) * members,
-      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
-  state.counters["bytes_per_event"] =
-      static_cast<double>(bytes) / static_cast<double>(state.iterations() * members);
+  SetCounters(state, members, bytes);
 }
 
 BENCHMARK(BM_SharedBody)->Arg(2)->Arg(10)->Arg(100);
