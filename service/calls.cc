@@ -500,9 +500,13 @@ void StreamCall::OnDone(bool /*ok*/) {
   // Ended by the server (our Finish) needs no notice; otherwise the caller
   // cancelled, its deadline passed or the connection died.
   if (state_ != State::kClosing && queue_index_ >= 0) {
+    // The caller's client cancels at its deadline, while our copy of the
+    // deadline (from the grpc-timeout header) is later by the request's
+    // transit time: a call that ends this close to its deadline expired.
+    constexpr auto kDeadlineSlack = std::chrono::seconds(1);
     const bool deadline_passed =
         ctx_.deadline() != std::chrono::system_clock::time_point::max() &&
-        ctx_.deadline() <= std::chrono::system_clock::now();
+        ctx_.deadline() <= std::chrono::system_clock::now() + kDeadlineSlack;
     const DetachReason reason =
         deadline_passed ? DetachReason::kCallerDeadline : DetachReason::kCallEnded;
     runtime_->metrics->RecordRpc(rpc(), deadline_passed ? grpc::StatusCode::DEADLINE_EXCEEDED
