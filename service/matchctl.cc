@@ -174,15 +174,19 @@ std::string PlayerList(const google::protobuf::RepeatedPtrField<mm::Player>& pla
 }
 
 void PrintMatch(const mm::Match& match) {
+  const mm::MatchQuality& quality = match.quality();
   for (int i = 0; i < match.teams_size(); ++i) {
     const mm::Team& team = match.teams(i);
-    std::cout << absl::StrFormat("  team %d: %s; mean %s\n", i, PlayerList(team.players()),
-                                 absl::StrCat(team.mean_rating()));
+    std::string win;
+    if (i < quality.win_probability_size()) {
+      win = absl::StrFormat("; wins %.0f%%", 100 * quality.win_probability(i));
+    }
+    std::cout << absl::StrFormat("  team %d: %s; mean %s%s\n", i, PlayerList(team.players()),
+                                 absl::StrCat(team.mean_rating()), win);
   }
-  const mm::MatchQuality& q = match.quality();
   std::cout << absl::StrFormat("  quality: rating spread %s, team gap %s, mean wait %s\n",
-                               absl::StrCat(q.rating_spread()), absl::StrCat(q.team_gap()),
-                               Short(q.mean_wait()));
+                               absl::StrCat(quality.rating_spread()),
+                               absl::StrCat(quality.team_gap()), Short(quality.mean_wait()));
 }
 
 void PrintEvent(const mm::MatchEvent& ev) {

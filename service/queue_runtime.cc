@@ -1,6 +1,8 @@
 #include "service/queue_runtime.h"
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -13,6 +15,19 @@
 namespace matchd {
 
 namespace mm = ::matchmaking::v1;
+
+std::vector<double> WinProbabilities(const std::vector<double>& team_ratings) {
+  // Relative to the strongest team, so that 10^(r/400) cannot overflow.
+  const double top = *std::max_element(team_ratings.begin(), team_ratings.end());
+  std::vector<double> p;
+  double sum = 0;
+  for (double r : team_ratings) {
+    p.push_back(std::pow(10.0, (r - top) / 400.0));
+    sum += p.back();
+  }
+  for (double& x : p) x /= sum;
+  return p;
+}
 using matcher::TicketKey;
 
 struct QueueRuntime::Ticket {
@@ -396,6 +411,11 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
   mm::MatchQuality* q = m.mutable_quality();
   q->set_rating_spread(formed.rating_spread);
   q->set_team_gap(formed.team_gap);
+  if (settings_.rules.rated) {
+    std::vector<double> means;
+    for (const mm::Team& team : m.teams()) means.push_back(team.mean_rating());
+    for (double p : WinProbabilities(means)) q->add_win_probability(p);
+  }
   *q->mutable_mean_wait() = ToProtoDuration(formed.mean_wait);
   std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(std::move(m));
   matches_formed_.fetch_add(1, std::memory_order_relaxed);

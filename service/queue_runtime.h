@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "matcher/pool.h"
 #include "matchmaking/v1/matchmaking.pb.h"
@@ -20,6 +21,10 @@
 #include "service/runtime.h"
 
 namespace matchd {
+
+// Each team's predicted chance to win from its mean rating, Elo scale:
+// p_i = 10^(r_i/400) / sum_j 10^(r_j/400). Non-empty input.
+std::vector<double> WinProbabilities(const std::vector<double>& team_ratings);
 
 // Why a stream left its ticket.
 enum class DetachReason {

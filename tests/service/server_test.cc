@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <set>
 #include <string>
 #include <thread>
@@ -14,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "service/queue_runtime.h"
 #include "tests/testing/test_server.h"
 
 namespace matchd::testing {
@@ -84,9 +86,28 @@ TEST(ServerTest, DuelPairIsMatchedOnTheirOpenCalls) {
   EXPECT_THAT(all, UnorderedElementsAre("alice", "bob"));
   EXPECT_THAT(m.ticket_ids(), UnorderedElementsAre(a1.ticket_id(), b1.ticket_id()));
   EXPECT_DOUBLE_EQ(m.quality().rating_spread(), 50);
+  // Elo: 1550 vs 1500 -> the stronger side wins with 1 / (1 + 10^(-50/400)).
+  ASSERT_EQ(m.quality().win_probability_size(), 2);
+  const double strong = 1 / (1 + std::pow(10.0, -50.0 / 400));
+  const int bob_team = m.teams(0).players(0).id() == "bob" ? 0 : 1;
+  EXPECT_NEAR(m.quality().win_probability(bob_team), strong, 1e-9);
+  EXPECT_NEAR(m.quality().win_probability(1 - bob_team), 1 - strong, 1e-9);
   EXPECT_TRUE(alice->Finish().ok());
   EXPECT_TRUE(bob->Finish().ok());
   EXPECT_EQ(ts.GetTicket(a1.ticket_id()).state(), mm::Ticket::MATCHED);
+}
+
+TEST(WinProbabilityTest, EloLogisticGeneralisedToManyTeams) {
+  const std::vector<double> even = WinProbabilities({1500, 1500, 1500, 1500});
+  for (double p : even) EXPECT_DOUBLE_EQ(p, 0.25);
+  // 400 points apart: ten times as likely (Elo's scale).
+  const std::vector<double> two = WinProbabilities({1900, 1500});
+  EXPECT_NEAR(two[0], 10.0 / 11, 1e-12);
+  EXPECT_NEAR(two[1], 1.0 / 11, 1e-12);
+  // Far apart: no overflow, still a distribution.
+  const std::vector<double> far = WinProbabilities({-100000, 100000});
+  EXPECT_EQ(far[0], 0);
+  EXPECT_EQ(far[1], 1);
 }
 
 TEST(ServerTest, SquadWithPartiesKeepsEachPartyOnOneTeam) {
