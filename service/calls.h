@@ -28,7 +28,7 @@ void StartAcceptingCalls(Runtime* runtime, EventLoop* loop);
 // WriteAndFinish issued) -> freed when the done notification has arrived and
 // no operation is outstanding. A call that the caller cancels (or whose
 // connection dies) is noticed through AsyncNotifyWhenDone: its ticket is told
-// through StreamLink (gone) and a Detach posted to the ticket's queue loop.
+// through StreamLink (gone) and OnStreamEnded posted to the ticket's queue loop.
 class StreamCall final {
  public:
   enum class Kind { kFindMatch, kWatchTicket };
