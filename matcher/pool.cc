@@ -140,9 +140,12 @@ struct Pool::Impl {
   void ResetGroup();
   bool TryAdd(const TicketSpec& spec);
   bool PackSearch(size_t item, int* budget);
-  std::optional<absl::Time> AcceptableAt(double spread, absl::Duration sum_wait,
+  // The wait that the window is taken at is basis_sum / divisor (see
+  // QueueRules::WaitBasis): the sum of the members' waits over their count, or
+  // the shortest wait over 1. Both grow by exactly `nanos` per nanosecond.
+  std::optional<absl::Time> AcceptableAt(double spread, absl::Duration basis_sum, int64_t divisor,
                                          absl::Time now) const;
-  bool AcceptedAt(double spread, absl::Duration sum_wait, int64_t nanos) const;
+  bool AcceptedAt(double spread, absl::Duration basis_sum, int64_t divisor, int64_t nanos) const;
 
   // Committing a match.
   void Commit(absl::Time now, const Evaluation& evaluation);
@@ -408,45 +411,49 @@ Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor, absl::Time now
   }
 
   absl::Duration sum_wait;
+  absl::Duration min_wait = absl::InfiniteDuration();
   result.lowest = result.highest = {group[0].rating, group[0].key};
   for (const Member& m : group) {
     sum_wait += now - m.enqueued_at;
+    min_wait = std::min(min_wait, now - m.enqueued_at);
     result.lowest = std::min(result.lowest, {m.rating, m.key});
     result.highest = std::max(result.highest, {m.rating, m.key});
   }
   result.spread = rules.rated ? result.highest.first - result.lowest.first : 0;
   result.mean_wait = sum_wait / static_cast<int64_t>(group.size());
-  if (!rules.rated || AcceptedAt(result.spread, sum_wait, 0)) {
+  const bool by_mean = rules.wait_basis == QueueRules::WaitBasis::kMeanWait;
+  const absl::Duration basis_sum = by_mean ? sum_wait : min_wait;
+  const int64_t divisor = by_mean ? static_cast<int64_t>(group.size()) : 1;
+  if (!rules.rated || AcceptedAt(result.spread, basis_sum, divisor, 0)) {
     result.outcome = Outcome::kAccepted;
   } else {
     result.outcome = Outcome::kRejected;
-    result.acceptable_at = AcceptableAt(result.spread, sum_wait, now);
+    result.acceptable_at = AcceptableAt(result.spread, basis_sum, divisor, now);
   }
   return result;
 }
 
-// Whether the group is acceptable `nanos` after the time at which its waits
-// sum to `sum_wait`. Exactly the test Process applies then: the sum of waits
-// grows by group.size() * nanos with no rounding.
-bool Pool::Impl::AcceptedAt(double spread, absl::Duration sum_wait, int64_t nanos) const {
-  const int64_t n = static_cast<int64_t>(group.size());
-  const absl::Duration mean = (sum_wait + absl::Nanoseconds(nanos) * n) / n;
-  return spread <= rules.WindowAt(mean);
+// Whether the group is acceptable `nanos` after the time at which its basis
+// waits sum to `basis_sum`. Exactly the test Process applies then: the sum
+// grows by divisor * nanos with no rounding.
+bool Pool::Impl::AcceptedAt(double spread, absl::Duration basis_sum, int64_t divisor,
+                            int64_t nanos) const {
+  const absl::Duration wait = (basis_sum + absl::Nanoseconds(nanos) * divisor) / divisor;
+  return spread <= rules.WindowAt(wait);
 }
 
 // The first nanosecond after `now` at which the group becomes acceptable, or
 // nullopt if never. The closed form gives a first guess; the answer is then
 // pinned with AcceptedAt itself so that a Process at the returned time always
 // matches and one a nanosecond earlier never does, whatever the rounding.
-std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration sum_wait,
-                                                   absl::Time now) const {
+std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration basis_sum,
+                                                   int64_t divisor, absl::Time now) const {
   if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) {
     return std::nullopt;
   }
   if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
-  const int64_t n = static_cast<int64_t>(group.size());
   const double needed_wait = (spread - rules.initial_window) / rules.widen_per_second;
-  const double delay = needed_wait - absl::ToDoubleSeconds(sum_wait / n);
+  const double delay = needed_wait - absl::ToDoubleSeconds(basis_sum / divisor);
   if (delay > kMaxRefinedDelaySeconds) {
     // A second early, so that rounding can never make the wakeup late.
     return now + absl::Seconds(delay) - absl::Seconds(1);
@@ -457,9 +464,9 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration
   int64_t guess = std::max<int64_t>(1, std::llround(std::ceil(delay * 1e9)));
   int64_t lo = 0;
   int64_t hi = guess;
-  if (AcceptedAt(spread, sum_wait, guess)) {
+  if (AcceptedAt(spread, basis_sum, divisor, guess)) {
     for (int64_t step = 1; guess - step > 0; step *= 2) {
-      if (!AcceptedAt(spread, sum_wait, guess - step)) {
+      if (!AcceptedAt(spread, basis_sum, divisor, guess - step)) {
         lo = guess - step;
         break;
       }
@@ -469,7 +476,7 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration
     lo = guess;
     for (int64_t step = 1;; step *= 2) {
       if (step > (int64_t{1} << 61)) return std::nullopt;
-      if (AcceptedAt(spread, sum_wait, guess + step)) {
+      if (AcceptedAt(spread, basis_sum, divisor, guess + step)) {
         hi = guess + step;
         break;
       }
@@ -478,7 +485,7 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration
   }
   while (hi - lo > 1) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (AcceptedAt(spread, sum_wait, mid)) {
+    if (AcceptedAt(spread, basis_sum, divisor, mid)) {
       hi = mid;
     } else {
       lo = mid;

@@ -43,6 +43,15 @@ struct QueueRules {
   double widen_per_second = 0;
   double max_window = 0;  // 0: no cap
   absl::Duration max_wait = absl::Seconds(120);
+  // Whose wait the window is taken at when a group is judged.
+  //  kMeanWait (the default; what matchd's config uses): the group's mean
+  //    wait, so a ticket that has waited long lends its patience to a
+  //    newcomer. It measured best in the simulator (docs/QUALITY.md).
+  //  kYoungestWait: every member's own window must cover the spread, i.e. the
+  //    window at the shortest wait: the classic expanding window, kept so the
+  //    simulator can compare against it.
+  enum class WaitBasis { kMeanWait, kYoungestWait };
+  WaitBasis wait_basis = WaitBasis::kMeanWait;
 
   static constexpr int kMaxPlayersPerMatch = 200;
 

@@ -224,6 +224,30 @@ TEST(PoolTest, AcceptanceUsesTheMeanWaitOfTheGroup) {
   EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(15));
 }
 
+TEST(PoolTest, YoungestWaitBasisNeedsEveryMembersOwnWindow) {
+  RecordingListener listener;
+  QueueRules rules = Rated(2, 1, 1, 100, 10);
+  rules.wait_basis = QueueRules::WaitBasis::kYoungestWait;
+  Pool pool(rules, &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());
+  pool.Process(kT0);
+  const absl::Time later = kT0 + absl::Seconds(10);
+  ASSERT_TRUE(pool.Add(Ticket(2, 1250, later)).ok());
+  pool.Process(later);
+  // The mean wait reaches 15s at 20s, but the newcomer's own window covers
+  // 250 only after it has waited 15s itself: at 25s.
+  const absl::Time acceptable = kT0 + absl::Seconds(25);
+  EXPECT_EQ(pool.NextWakeup(), acceptable);
+  pool.Process(kT0 + absl::Seconds(20));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.Explain(2, kT0 + absl::Seconds(20)).acceptable_at, acceptable);
+  pool.Process(acceptable - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(acceptable);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(20));
+}
+
 TEST(PoolTest, OldestAnchorPicksItsNearestPartnerFirst) {
   RecordingListener listener;
   Pool pool(Rated(2, 1, 1, 1000, 0), &listener);
