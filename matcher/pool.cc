@@ -42,6 +42,15 @@ double QueueRules::WindowAt(absl::Duration wait) const {
   return window;
 }
 
+double QueueRules::LatencyLimitAt(absl::Duration wait) const {
+  double limit = max_latency_ms;
+  if (latency_widen_per_second > 0 && wait > absl::ZeroDuration()) {
+    limit += latency_widen_per_second * absl::ToDoubleSeconds(wait);
+  }
+  if (latency_cap_ms != 0) limit = std::min(limit, latency_cap_ms);
+  return limit;
+}
+
 absl::Status ValidateRules(const QueueRules& rules) {
   auto invalid = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   if (rules.team_count < 1) {
@@ -76,11 +85,31 @@ absl::Status ValidateRules(const QueueRules& rules) {
   if (rules.max_wait <= absl::ZeroDuration()) {
     return invalid("max_wait must be > 0, got ", absl::FormatDuration(rules.max_wait));
   }
+  if (rules.region_count < 0 || rules.region_count > QueueRules::kMaxRegions) {
+    return invalid("region_count must be in 0..", QueueRules::kMaxRegions, ", got ",
+                   rules.region_count);
+  }
+  if (rules.region_count > 0) {
+    if (!(IsFiniteNonNegative(rules.max_latency_ms) && rules.max_latency_ms > 0)) {
+      return invalid("max_latency_ms must be finite and > 0, got ", rules.max_latency_ms);
+    }
+    if (!IsFiniteNonNegative(rules.latency_widen_per_second)) {
+      return invalid("latency_widen_per_second must be finite and >= 0, got ",
+                     rules.latency_widen_per_second);
+    }
+    if (!IsFiniteNonNegative(rules.latency_cap_ms) ||
+        (rules.latency_cap_ms != 0 && rules.latency_cap_ms < rules.max_latency_ms)) {
+      return invalid("latency_cap_ms must be 0 (no cap) or >= max_latency_ms (",
+                     rules.max_latency_ms, "), got ", rules.latency_cap_ms);
+    }
+  }
   return absl::OkStatus();
 }
 
 struct Pool::Impl {
-  using RatingPos = std::pair<double, TicketKey>;  // a place in by_rating
+  // A place in by_rating: partitions apart, then by rating.
+  using RatingPos = std::tuple<uint64_t, double, TicketKey>;
+  static RatingPos PosOf(const TicketSpec& spec) { return {spec.partition, spec.rating, spec.key}; }
 
   struct Ticket {
     TicketSpec spec;
@@ -111,41 +140,68 @@ struct Pool::Impl {
     double rating;
     absl::Time enqueued_at;
     int bin;  // team in the feasibility packing; parties of 2+ only
+    uint16_t latency;  // in the evaluated region; 0 without latency rules
   };
 
   enum class Outcome { kNoGroup, kRejected, kAccepted };
   struct Evaluation {
     Outcome outcome = Outcome::kNoGroup;
-    Blocker blocker = Blocker::kNotEnoughPlayers;  // for kNoGroup
+    Blocker blocker = Blocker::kNotEnoughPlayers;  // for kNoGroup and kRejected
     double spread = 0;
-    // The group's lowest and highest (rating, key); rated queues only.
+    // The group's lowest and highest places in rating order.
     RatingPos lowest;
     RatingPos highest;
     absl::Duration mean_wait;
     std::optional<absl::Time> acceptable_at;  // for kRejected
+    // Latency rules: the region evaluated (-1 if none), the group's worst
+    // latency there and the anchor's own limit now.
+    int region = -1;
+    double worst_latency = 0;
+    double latency_limit = 0;
+    // When a ticket that the latency limit keeps out now gets in; the group
+    // may change then. InfiniteFuture if none.
+    absl::Time admit_at = absl::InfiniteFuture();
+    // When Process should look again if this is not accepted.
+    std::optional<absl::Time> RetryAt() const {
+      absl::Time at = admit_at;
+      if (acceptable_at.has_value()) at = std::min(at, *acceptable_at);
+      if (at == absl::InfiniteFuture()) return std::nullopt;
+      return at;
+    }
   };
 
   Impl(const QueueRules& r, PoolListener* l) : rules(r), listener(l), need(r.players_per_match()) {}
 
   // Pool helpers.
   void Erase(TicketKey key);
+  void EraseAndMark(TicketKey key);
   void MarkDue(Ticket& ticket, absl::Time at);
-  void MarkChanged(RatingPos first, RatingPos last);
+  void MarkChanged(RatingPos first, RatingPos last, const TicketSpec* changed);
+  bool ShareARegion(const TicketSpec& a, const TicketSpec& b) const;
+  absl::Time LatencyAdmitAt(double latency, absl::Time enqueued_at, absl::Time now) const;
   void PruneDueTop();
   bool IsLive(const DueEntry& entry) const;
   int LivePlayersAt(absl::Time now) const;
 
   // Candidate group.
   Evaluation Evaluate(const Ticket& anchor, absl::Time now, int live_players);
+  // The anchor's group among the tickets that can play in `region` within
+  // `limit` ms (-1: no latency rules).
+  Evaluation EvaluateIn(const Ticket& anchor, absl::Time now, int live_players, int region,
+                        double limit);
+  static bool Better(const Evaluation& a, const Evaluation& b);
   void ResetGroup();
   bool TryAdd(const TicketSpec& spec);
   bool PackSearch(size_t item, int* budget);
   // The wait that the window is taken at is basis_sum / divisor (see
   // QueueRules::WaitBasis): the sum of the members' waits over their count, or
   // the shortest wait over 1. Both grow by exactly `nanos` per nanosecond.
-  std::optional<absl::Time> AcceptableAt(double spread, absl::Duration basis_sum, int64_t divisor,
-                                         absl::Time now) const;
-  bool AcceptedAt(double spread, absl::Duration basis_sum, int64_t divisor, int64_t nanos) const;
+  std::optional<absl::Time> AcceptableAt(double spread, double latency, absl::Duration basis_sum,
+                                         int64_t divisor, absl::Time now) const;
+  bool AcceptedAt(double spread, double latency, absl::Duration basis_sum, int64_t divisor,
+                  int64_t nanos) const;
+  template <typename Test>
+  static std::optional<int64_t> FirstNanosecond(double delay_seconds, Test accepted);
 
   // Committing a match.
   void Commit(absl::Time now, const Evaluation& evaluation);
@@ -161,10 +217,12 @@ struct Pool::Impl {
 
   // unordered_map nodes are stable, so the indexes may point into it.
   std::unordered_map<TicketKey, Ticket> tickets;
-  std::map<std::pair<double, TicketKey>, const Ticket*> by_rating;  // rated
-  std::map<std::pair<absl::Time, TicketKey>, const Ticket*> by_enqueue;
+  // Every index orders by partition first, so a partition's tickets are
+  // contiguous and a walk never leaves its own.
+  std::map<RatingPos, const Ticket*> by_rating;  // rated
+  std::map<std::tuple<uint64_t, absl::Time, TicketKey>, const Ticket*> by_enqueue;
   // Unrated: the same order per party size.
-  std::set<std::tuple<int, absl::Time, TicketKey>> by_size_enqueue;
+  std::set<std::tuple<uint64_t, int, absl::Time, TicketKey>> by_size_enqueue;
   // Tickets with a finite expiry, soonest first (ties by key).
   std::set<std::pair<absl::Time, TicketKey>> expiry;
   std::vector<DueEntry> due;  // min-heap under DueAfter
@@ -175,6 +233,7 @@ struct Pool::Impl {
   // allocate. Explain() uses it too: it is state of no single call.
   std::vector<Member> group;
   int group_players = 0;
+  int eval_region = -1;  // the region of the group being gathered; -1 if none
   std::vector<int> bin_load;      // loads of the packing, parties of 2+
   std::vector<char> size_failed;  // party sizes refused since the last add
   bool any_size_failed = false;
@@ -196,14 +255,27 @@ void Pool::Impl::Erase(TicketKey key) {
   if (it == tickets.end()) return;
   const TicketSpec& spec = it->second.spec;
   if (rules.rated) {
-    by_rating.erase({spec.rating, key});
+    by_rating.erase(PosOf(spec));
   } else {
-    by_enqueue.erase({spec.enqueued_at, key});
-    by_size_enqueue.erase({spec.party_size, spec.enqueued_at, key});
+    by_enqueue.erase({spec.partition, spec.enqueued_at, key});
+    by_size_enqueue.erase({spec.partition, spec.party_size, spec.enqueued_at, key});
   }
   expiry.erase({spec.expires_at, key});
   players -= spec.party_size;
   tickets.erase(it);
+}
+
+// Erase for a ticket leaving with a group. With latency rules its region
+// neighbours are marked one by one (MarkChanged over the group's span alone
+// does not know whose latencies left).
+void Pool::Impl::EraseAndMark(TicketKey key) {
+  if (rules.region_count == 0) {
+    Erase(key);
+    return;
+  }
+  const TicketSpec spec = tickets.at(key).spec;
+  Erase(key);
+  MarkChanged(PosOf(spec), PosOf(spec), &spec);
 }
 
 void Pool::Impl::MarkDue(Ticket& ticket, absl::Time at) {
@@ -225,35 +297,92 @@ void Pool::Impl::MarkDue(Ticket& ticket, absl::Time at) {
 }
 
 // Marks due at the next Process every ticket whose group may have changed
-// because tickets between `first` and `last` in rating order arrived or
-// left: for rated queues the tickets still in that span (ones a group walk
-// skipped) and the `need` nearest on either side. Unrated groups are the
-// anchor plus the oldest tickets that fit, so they differ mostly by the
-// anchor's party size: mark the oldest ticket of each size.
+// because tickets between `first` and `last` in rating order (one partition)
+// arrived or left: for rated queues the tickets still in that span (ones a
+// group walk skipped) and the `need` nearest on either side that can share a
+// region with `changed` (any ticket if null). Unrated groups are the anchor
+// plus the oldest tickets that fit, so they differ mostly by the anchor's
+// party size: mark the oldest ticket of each size (and, with regions, the
+// oldest that can share one with `changed`).
 // Departures count too: they can let a ticket in that did not fit or was
 // further away, and so make a group possible or acceptable sooner.
-void Pool::Impl::MarkChanged(RatingPos first, RatingPos last) {
+void Pool::Impl::MarkChanged(RatingPos first, RatingPos last, const TicketSpec* changed) {
   const absl::Time next_process = absl::InfinitePast();
+  const uint64_t partition = std::get<0>(first);
+  const bool by_region = changed != nullptr && rules.region_count > 0;
   if (!rules.rated) {
-    for (auto it = by_size_enqueue.begin(); it != by_size_enqueue.end();
-         it = by_size_enqueue.lower_bound({std::get<0>(*it) + 1, absl::InfinitePast(), 0})) {
-      MarkDue(tickets.at(std::get<2>(*it)), next_process);
+    for (int size = 1; size <= rules.max_party_size; ++size) {
+      for (auto it = by_size_enqueue.lower_bound({partition, size, absl::InfinitePast(), 0});
+           it != by_size_enqueue.end() && std::get<0>(*it) == partition &&
+           std::get<1>(*it) == size;
+           ++it) {
+        Ticket& ticket = tickets.at(std::get<3>(*it));
+        MarkDue(ticket, next_process);
+        if (!by_region || ShareARegion(ticket.spec, *changed)) break;
+      }
     }
     return;
   }
+  // A walk from an anchor on the far side of `need` tickets that it surely
+  // takes before the changed one never reaches it. Without latency rules
+  // every ticket counts; with them, per region, the tickets with no more
+  // latency there than the changed ticket's (an anchor whose limit admits
+  // the changed ticket admits them too).
+  std::array<int, QueueRules::kMaxRegions> passed{};
+  // Marks the ticket at `it`; true when the walk has gone far enough.
+  auto visit = [&](const auto& entry) {
+    MarkDue(tickets.at(std::get<2>(entry.first)), next_process);
+    if (!by_region) return ++passed[0] >= need;
+    bool done = true;
+    for (int r = 0; r < rules.region_count; ++r) {
+      const uint16_t own = changed->latency_ms[r];
+      if (own == TicketSpec::kUnreachable) continue;
+      if (entry.second->spec.latency_ms[r] <= own) ++passed[r];
+      done = done && passed[r] >= need;
+    }
+    return done;
+  };
   auto start = by_rating.lower_bound(first);
-  auto down = start;
-  for (int i = 0; i < need && down != by_rating.begin(); ++i) {
+  for (auto down = start; down != by_rating.begin();) {
     --down;
-    MarkDue(tickets.at(down->first.second), next_process);
+    if (std::get<0>(down->first) != partition || visit(*down)) break;
   }
   auto up = start;
   for (; up != by_rating.end() && up->first <= last; ++up) {
-    MarkDue(tickets.at(up->first.second), next_process);
+    MarkDue(tickets.at(std::get<2>(up->first)), next_process);
   }
-  for (int i = 0; i < need && up != by_rating.end(); ++i, ++up) {
-    MarkDue(tickets.at(up->first.second), next_process);
+  passed.fill(0);
+  for (; up != by_rating.end(); ++up) {
+    if (std::get<0>(up->first) != partition || visit(*up)) break;
   }
+}
+
+bool Pool::Impl::ShareARegion(const TicketSpec& a, const TicketSpec& b) const {
+  if (rules.region_count == 0) return true;
+  for (int r = 0; r < rules.region_count; ++r) {
+    if (a.latency_ms[r] != TicketSpec::kUnreachable && b.latency_ms[r] != TicketSpec::kUnreachable) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The first nanosecond at which the latency limit of a ticket enqueued at
+// `enqueued_at` covers `latency` (`now` if it already does); InfiniteFuture
+// if never.
+absl::Time Pool::Impl::LatencyAdmitAt(double latency, absl::Time enqueued_at,
+                                      absl::Time now) const {
+  const absl::Duration waited = now - enqueued_at;
+  if (latency <= rules.LatencyLimitAt(waited)) return now;
+  if (!(rules.latency_widen_per_second > 0)) return absl::InfiniteFuture();
+  if (rules.latency_cap_ms != 0 && latency > rules.latency_cap_ms) return absl::InfiniteFuture();
+  const double delay = (latency - rules.max_latency_ms) / rules.latency_widen_per_second -
+                       absl::ToDoubleSeconds(waited);
+  if (!(delay < kMaxRefinedDelaySeconds)) return absl::InfiniteFuture();
+  const std::optional<int64_t> at = FirstNanosecond(delay, [&](int64_t nanos) {
+    return latency <= rules.LatencyLimitAt(waited + absl::Nanoseconds(nanos));
+  });
+  return at.has_value() ? now + absl::Nanoseconds(*at) : absl::InfiniteFuture();
 }
 
 bool Pool::Impl::IsLive(const DueEntry& entry) const {
@@ -290,7 +419,8 @@ void Pool::Impl::ResetGroup() {
 bool Pool::Impl::TryAdd(const TicketSpec& spec) {
   const int size = spec.party_size;
   if (size > need - group_players || size_failed[size]) return false;
-  group.push_back({spec.key, size, spec.rating, spec.enqueued_at, -1});
+  group.push_back({spec.key, size, spec.rating, spec.enqueued_at, -1,
+                   eval_region >= 0 ? spec.latency_ms[eval_region] : uint16_t{0}});
   if (size > 1) {
     // Fast path: best fit into the current packing.
     int best = -1;
@@ -358,31 +488,114 @@ bool Pool::Impl::PackSearch(size_t item, int* budget) {
 
 Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor, absl::Time now,
                                             int live_players) {
+  if (rules.region_count == 0) return EvaluateIn(anchor, now, live_players, -1, 0);
+  // One group per region the anchor can play in now; the best is gathered
+  // again at the end, so that the scratch group is the one returned.
+  const double limit = rules.LatencyLimitAt(now - anchor.spec.enqueued_at);
+  Evaluation best;
+  best.blocker = Blocker::kLatency;
+  int best_region = -1;
+  int last_gathered = -1;  // the region whose group the scratch state holds
+  // The soonest any region's group may change or become acceptable: the
+  // anchor looks again then, whichever region wins now.
+  absl::Time soonest = absl::InfiniteFuture();
+  for (int r = 0; r < rules.region_count; ++r) {
+    const uint16_t own = anchor.spec.latency_ms[r];
+    if (own == TicketSpec::kUnreachable) continue;
+    if (own > limit) {
+      // Not even the anchor itself is within the limit there yet.
+      const absl::Time at = LatencyAdmitAt(own, anchor.spec.enqueued_at, now);
+      soonest = std::min(soonest, at);
+      if (best_region < 0 && at < best.admit_at) {
+        best.admit_at = at;
+        best.region = r;
+        best.worst_latency = own;
+        best.latency_limit = limit;
+      }
+      continue;
+    }
+    Evaluation e = EvaluateIn(anchor, now, live_players, r, limit);
+    last_gathered = r;
+    soonest = std::min(soonest, e.RetryAt().value_or(absl::InfiniteFuture()));
+    if (best_region < 0 || Better(e, best)) {
+      best = e;
+      best_region = r;
+    }
+  }
+  if (best_region >= 0 && best_region != last_gathered) {
+    best = EvaluateIn(anchor, now, live_players, best_region, limit);
+  }
+  best.admit_at = std::min(best.admit_at, soonest);
+  return best;
+}
+
+// Accepted groups first, by worst latency (the best region), then spread;
+// then rejected ones by how soon they could be accepted; then empty-handed
+// ones by how soon a ticket gets in.
+bool Pool::Impl::Better(const Evaluation& a, const Evaluation& b) {
+  auto rank = [](const Evaluation& e) {
+    return e.outcome == Outcome::kAccepted ? 0 : e.outcome == Outcome::kRejected ? 1 : 2;
+  };
+  if (rank(a) != rank(b)) return rank(a) < rank(b);
+  if (a.outcome == Outcome::kAccepted) {
+    return std::tie(a.worst_latency, a.spread) < std::tie(b.worst_latency, b.spread);
+  }
+  const absl::Time a_at = a.RetryAt().value_or(absl::InfiniteFuture());
+  const absl::Time b_at = b.RetryAt().value_or(absl::InfiniteFuture());
+  if (a_at != b_at) return a_at < b_at;
+  return std::tie(a.worst_latency, a.spread) < std::tie(b.worst_latency, b.spread);
+}
+
+Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time now,
+                                              int live_players, int region, double limit) {
   Evaluation result;
+  result.region = region;
+  result.latency_limit = limit;
+  eval_region = region;
   ResetGroup();
   if (live_players < need) {
     result.blocker = Blocker::kNotEnoughPlayers;
     return result;
   }
+  const uint64_t partition = anchor.spec.partition;
   TryAdd(anchor.spec);  // always fits: party_size <= team_size
   // Players not yet visited; once fewer than the open slots, stop walking.
   int unvisited = live_players - anchor.spec.party_size;
+  // Players of the partition seen, and how many the latency limit kept out.
+  int seen = anchor.spec.party_size;
+  int kept_out = 0;
+  double nearest_kept_out = kInfinity;  // the lowest latency kept out
+  bool stopped_early = false;
   // Returns true when the walk should stop.
   auto visit = [&](const TicketSpec& spec) {
     // Only Explain() can meet such a ticket: Process() expires it first.
     if (spec.expires_at <= now) return false;
     unvisited -= spec.party_size;
-    TryAdd(spec);
-    return group_players == need || unvisited < need - group_players;
+    seen += spec.party_size;
+    if (region >= 0 && spec.latency_ms[region] > limit) {
+      if (spec.latency_ms[region] != TicketSpec::kUnreachable) {
+        kept_out += spec.party_size;
+        nearest_kept_out = std::min<double>(nearest_kept_out, spec.latency_ms[region]);
+      }
+    } else {
+      TryAdd(spec);
+    }
+    stopped_early = group_players == need || unvisited < need - group_players;
+    return stopped_early;
   };
 
   if (rules.rated) {
     const double center = anchor.spec.rating;
-    auto anchor_it = by_rating.find({center, anchor.spec.key});
+    auto anchor_it = by_rating.find(PosOf(anchor.spec));
     auto down = anchor_it;  // the next lower candidate is std::prev(down)
     auto up = std::next(anchor_it);
+    if (up != by_rating.end() && std::get<0>(up->first) != partition) up = by_rating.end();
     while (group_players < need) {
-      const bool has_down = down != by_rating.begin();
+      bool has_down = down != by_rating.begin();
+      if (has_down && std::get<0>(std::prev(down)->first) != partition) {
+        down = by_rating.begin();
+        has_down = false;
+      }
       const bool has_up = up != by_rating.end();
       if (!has_down && !has_up) break;
       bool take_down = has_down;
@@ -396,77 +609,115 @@ Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor, absl::Time now
                         : std::tie(lo.enqueued_at, lo.key) < std::tie(hi.enqueued_at, hi.key);
       }
       const Ticket* next = take_down ? (--down)->second : (up++)->second;
+      if (up != by_rating.end() && std::get<0>(up->first) != partition) up = by_rating.end();
       if (visit(next->spec)) break;
     }
   } else {
-    for (const auto& [order, ticket] : by_enqueue) {
-      if (ticket == &anchor) continue;
-      if (visit(ticket->spec)) break;
+    for (auto it = by_enqueue.lower_bound({partition, absl::InfinitePast(), 0});
+         it != by_enqueue.end() && std::get<0>(it->first) == partition; ++it) {
+      if (it->second == &anchor) continue;
+      if (visit(it->second->spec)) break;
     }
+  }
+  if (kept_out > 0) {
+    result.admit_at = LatencyAdmitAt(nearest_kept_out, anchor.spec.enqueued_at, now);
   }
 
   if (group_players < need) {
-    result.blocker = Blocker::kTeamPacking;
+    // Why not: too few players who may meet at all, the latency limit, or
+    // the parties' sizes.
+    result.blocker = !stopped_early && seen < need ? Blocker::kNotEnoughPlayers
+                     : kept_out > 0               ? Blocker::kLatency
+                                                  : Blocker::kTeamPacking;
+    // The latency that keeps the group from forming.
+    if (result.blocker == Blocker::kLatency) result.worst_latency = nearest_kept_out;
     return result;
   }
 
   absl::Duration sum_wait;
   absl::Duration min_wait = absl::InfiniteDuration();
-  result.lowest = result.highest = {group[0].rating, group[0].key};
+  result.lowest = result.highest = {partition, group[0].rating, group[0].key};
   for (const Member& m : group) {
     sum_wait += now - m.enqueued_at;
     min_wait = std::min(min_wait, now - m.enqueued_at);
-    result.lowest = std::min(result.lowest, {m.rating, m.key});
-    result.highest = std::max(result.highest, {m.rating, m.key});
+    result.lowest = std::min(result.lowest, {partition, m.rating, m.key});
+    result.highest = std::max(result.highest, {partition, m.rating, m.key});
+    result.worst_latency = std::max<double>(result.worst_latency, m.latency);
   }
-  result.spread = rules.rated ? result.highest.first - result.lowest.first : 0;
+  result.spread = rules.rated ? std::get<1>(result.highest) - std::get<1>(result.lowest) : 0;
   result.mean_wait = sum_wait / static_cast<int64_t>(group.size());
   const bool by_mean = rules.wait_basis == QueueRules::WaitBasis::kMeanWait;
   const absl::Duration basis_sum = by_mean ? sum_wait : min_wait;
   const int64_t divisor = by_mean ? static_cast<int64_t>(group.size()) : 1;
-  if (!rules.rated || AcceptedAt(result.spread, basis_sum, divisor, 0)) {
+  if (AcceptedAt(result.spread, result.worst_latency, basis_sum, divisor, 0)) {
     result.outcome = Outcome::kAccepted;
   } else {
     result.outcome = Outcome::kRejected;
-    result.acceptable_at = AcceptableAt(result.spread, basis_sum, divisor, now);
+    result.blocker = result.spread > rules.WindowAt((basis_sum) / divisor) ? Blocker::kRatingSpread
+                                                                            : Blocker::kLatency;
+    result.acceptable_at =
+        AcceptableAt(result.spread, result.worst_latency, basis_sum, divisor, now);
   }
   return result;
 }
 
 // Whether the group is acceptable `nanos` after the time at which its basis
 // waits sum to `basis_sum`. Exactly the test Process applies then: the sum
-// grows by divisor * nanos with no rounding.
-bool Pool::Impl::AcceptedAt(double spread, absl::Duration basis_sum, int64_t divisor,
-                            int64_t nanos) const {
+// grows by divisor * nanos with no rounding. `latency` is the group's worst
+// latency in its region (0 without latency rules).
+bool Pool::Impl::AcceptedAt(double spread, double latency, absl::Duration basis_sum,
+                            int64_t divisor, int64_t nanos) const {
   const absl::Duration wait = (basis_sum + absl::Nanoseconds(nanos) * divisor) / divisor;
-  return spread <= rules.WindowAt(wait);
+  return spread <= rules.WindowAt(wait) &&
+         (rules.region_count == 0 || latency <= rules.LatencyLimitAt(wait));
 }
 
 // The first nanosecond after `now` at which the group becomes acceptable, or
 // nullopt if never. The closed form gives a first guess; the answer is then
 // pinned with AcceptedAt itself so that a Process at the returned time always
 // matches and one a nanosecond earlier never does, whatever the rounding.
-std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration basis_sum,
-                                                   int64_t divisor, absl::Time now) const {
-  if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) {
-    return std::nullopt;
+std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, double latency,
+                                                   absl::Duration basis_sum, int64_t divisor,
+                                                   absl::Time now) const {
+  const absl::Duration wait_now = basis_sum / divisor;
+  const double waited = absl::ToDoubleSeconds(wait_now);
+  double delay = 0;
+  if (spread > rules.WindowAt(wait_now)) {
+    if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) return std::nullopt;
+    if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
+    delay = (spread - rules.initial_window) / rules.widen_per_second - waited;
   }
-  if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
-  const double needed_wait = (spread - rules.initial_window) / rules.widen_per_second;
-  const double delay = needed_wait - absl::ToDoubleSeconds(basis_sum / divisor);
+  if (rules.region_count > 0 && latency > rules.LatencyLimitAt(wait_now)) {
+    if (!(rules.latency_widen_per_second > 0)) return std::nullopt;
+    if (rules.latency_cap_ms != 0 && latency > rules.latency_cap_ms) return std::nullopt;
+    delay = std::max(
+        delay, (latency - rules.max_latency_ms) / rules.latency_widen_per_second - waited);
+  }
   if (delay > kMaxRefinedDelaySeconds) {
     // A second early, so that rounding can never make the wakeup late.
     return now + absl::Seconds(delay) - absl::Seconds(1);
   }
 
+  const std::optional<int64_t> at = FirstNanosecond(delay, [&](int64_t nanos) {
+    return AcceptedAt(spread, latency, basis_sum, divisor, nanos);
+  });
+  if (!at.has_value()) return std::nullopt;
+  return now + absl::Nanoseconds(*at);
+}
+
+// The first nanosecond n >= 1 at which `accepted(n)` holds, for a monotone
+// test (false, then true for ever), starting from a guess of `delay_seconds`;
+// nullopt if not within 2^61 ns. Pinned with the test itself, so that the
+// answer never depends on how the closed-form guess rounds.
+template <typename Test>
+std::optional<int64_t> Pool::Impl::FirstNanosecond(double delay_seconds, Test accepted) {
   // Invariant: not accepted at `lo`, accepted at `hi` (in ns after now).
-  // Acceptance is monotone in time: the mean wait and the window only grow.
-  int64_t guess = std::max<int64_t>(1, std::llround(std::ceil(delay * 1e9)));
+  int64_t guess = std::max<int64_t>(1, std::llround(std::ceil(delay_seconds * 1e9)));
   int64_t lo = 0;
   int64_t hi = guess;
-  if (AcceptedAt(spread, basis_sum, divisor, guess)) {
+  if (accepted(guess)) {
     for (int64_t step = 1; guess - step > 0; step *= 2) {
-      if (!AcceptedAt(spread, basis_sum, divisor, guess - step)) {
+      if (!accepted(guess - step)) {
         lo = guess - step;
         break;
       }
@@ -476,7 +727,7 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration
     lo = guess;
     for (int64_t step = 1;; step *= 2) {
       if (step > (int64_t{1} << 61)) return std::nullopt;
-      if (AcceptedAt(spread, basis_sum, divisor, guess + step)) {
+      if (accepted(guess + step)) {
         hi = guess + step;
         break;
       }
@@ -485,13 +736,13 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, absl::Duration
   }
   while (hi - lo > 1) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (AcceptedAt(spread, basis_sum, divisor, mid)) {
+    if (accepted(mid)) {
       hi = mid;
     } else {
       lo = mid;
     }
   }
-  return now + absl::Nanoseconds(hi);
+  return hi;
 }
 
 void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
@@ -501,7 +752,7 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
   }
   if (!withdrawn.empty()) {
     for (TicketKey key : withdrawn) {
-      Erase(key);
+      EraseAndMark(key);
       listener->OnWithdrawn(key);
     }
     // The others lose nothing: they keep their enqueue times and are
@@ -510,7 +761,7 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
       auto it = tickets.find(m.key);
       if (it != tickets.end()) MarkDue(it->second, absl::InfinitePast());
     }
-    MarkChanged(evaluation.lowest, evaluation.highest);
+    MarkChanged(evaluation.lowest, evaluation.highest, nullptr);
     return;
   }
 
@@ -529,8 +780,10 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
   match.team_gap = rules.rated ? TeamGap(split_assign) : 0;
   match.mean_wait = evaluation.mean_wait;
   match.formed_at = now;
-  for (const Member& m : group) Erase(m.key);
-  MarkChanged(evaluation.lowest, evaluation.highest);
+  match.region = evaluation.region;
+  match.max_latency_ms = evaluation.region >= 0 ? evaluation.worst_latency : 0;
+  for (const Member& m : group) EraseAndMark(m.key);
+  MarkChanged(evaluation.lowest, evaluation.highest, nullptr);
   listener->OnMatched(match);
 }
 
@@ -682,6 +935,11 @@ absl::Status Pool::Add(const TicketSpec& ticket) {
   if (ticket.enqueued_at == absl::InfinitePast() || ticket.enqueued_at == absl::InfiniteFuture()) {
     return absl::InvalidArgumentError("enqueued_at must be finite");
   }
+  if (rules_.region_count > 0 &&
+      std::all_of(ticket.latency_ms.begin(), ticket.latency_ms.begin() + rules_.region_count,
+                  [](uint16_t ms) { return ms == TicketSpec::kUnreachable; })) {
+    return absl::InvalidArgumentError("the ticket has a latency to none of the queue's regions");
+  }
   Impl& impl = *impl_;
   auto [it, inserted] = impl.tickets.try_emplace(ticket.key);
   if (!inserted) {
@@ -694,25 +952,27 @@ absl::Status Pool::Add(const TicketSpec& ticket) {
     impl.expiry.insert({ticket.expires_at, ticket.key});
   }
   if (rules_.rated) {
-    impl.by_rating.emplace(std::make_pair(ticket.rating, ticket.key), &added);
+    impl.by_rating.emplace(Impl::PosOf(ticket), &added);
   } else {
-    impl.by_enqueue.emplace(std::make_pair(ticket.enqueued_at, ticket.key), &added);
-    impl.by_size_enqueue.emplace(ticket.party_size, ticket.enqueued_at, ticket.key);
+    impl.by_enqueue.emplace(std::make_tuple(ticket.partition, ticket.enqueued_at, ticket.key),
+                            &added);
+    impl.by_size_enqueue.emplace(ticket.partition, ticket.party_size, ticket.enqueued_at,
+                                 ticket.key);
   }
   // InfinitePast: due at the next Process, whatever its time.
   impl.MarkDue(added, absl::InfinitePast());
   // Older tickets may now form a better group with the newcomer than the
   // one they were waiting on; they are evaluated first, being older.
-  impl.MarkChanged({ticket.rating, ticket.key}, {ticket.rating, ticket.key});
+  impl.MarkChanged(Impl::PosOf(ticket), Impl::PosOf(ticket), &added.spec);
   return absl::OkStatus();
 }
 
 bool Pool::Remove(TicketKey key) {
   auto it = impl_->tickets.find(key);
   if (it == impl_->tickets.end()) return false;
-  const Impl::RatingPos pos = {it->second.spec.rating, key};
+  const TicketSpec spec = it->second.spec;
   impl_->Erase(key);
-  impl_->MarkChanged(pos, pos);
+  impl_->MarkChanged(Impl::PosOf(spec), Impl::PosOf(spec), &spec);
   return true;
 }
 
@@ -726,9 +986,9 @@ void Pool::Process(absl::Time now) {
   Impl& impl = *impl_;
   while (!impl.expiry.empty() && impl.expiry.begin()->first <= now) {
     const TicketKey key = impl.expiry.begin()->second;
-    const Impl::RatingPos pos = {impl.tickets.at(key).spec.rating, key};
+    const TicketSpec spec = impl.tickets.at(key).spec;
     impl.Erase(key);
-    impl.MarkChanged(pos, pos);
+    impl.MarkChanged(Impl::PosOf(spec), Impl::PosOf(spec), &spec);
     impl.listener->OnExpired(key);
   }
   // Terminates: every entry popped is gone for good, retries are pushed
@@ -745,12 +1005,11 @@ void Pool::Process(absl::Time now) {
     const Impl::Evaluation evaluation = impl.Evaluate(anchor, now, impl.players);
     switch (evaluation.outcome) {
       case Impl::Outcome::kNoGroup:
-        // Nothing to wait for: only a change to the pool can help, and
-        // MarkChanged re-marks the tickets it may help.
-        break;
       case Impl::Outcome::kRejected:
-        if (evaluation.acceptable_at.has_value()) {
-          impl.MarkDue(anchor, std::max(*evaluation.acceptable_at, now + absl::Nanoseconds(1)));
+        // Without a retry time only a change to the pool can help, and
+        // MarkChanged re-marks the tickets it may help.
+        if (const auto retry = evaluation.RetryAt(); retry.has_value()) {
+          impl.MarkDue(anchor, std::max(*retry, now + absl::Nanoseconds(1)));
         }
         break;
       case Impl::Outcome::kAccepted:
@@ -779,14 +1038,22 @@ Explanation Pool::Explain(TicketKey key, absl::Time now) const {
   const Impl::Ticket& ticket = it->second;
   explanation.waited = now - ticket.spec.enqueued_at;
   explanation.window = rules_.rated ? rules_.WindowAt(explanation.waited) : 0;
+  explanation.latency_limit_ms =
+      rules_.region_count > 0 ? rules_.LatencyLimitAt(explanation.waited) : 0;
   // Evaluate only touches scratch state.
   const Impl::Evaluation evaluation = impl_->Evaluate(ticket, now, live);
+  explanation.region = evaluation.region;
+  explanation.worst_latency_ms = evaluation.worst_latency;
   switch (evaluation.outcome) {
     case Impl::Outcome::kNoGroup:
       explanation.blocker = evaluation.blocker;
+      if (evaluation.blocker == Blocker::kLatency &&
+          evaluation.admit_at != absl::InfiniteFuture()) {
+        explanation.acceptable_at = evaluation.admit_at;
+      }
       break;
     case Impl::Outcome::kRejected:
-      explanation.blocker = Blocker::kRatingSpread;
+      explanation.blocker = evaluation.blocker;
       explanation.best_spread = evaluation.spread;
       explanation.acceptable_at = evaluation.acceptable_at;
       break;

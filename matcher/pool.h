@@ -13,6 +13,7 @@
 #ifndef MATCHD_MATCHER_POOL_H_
 #define MATCHD_MATCHER_POOL_H_
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -53,11 +54,24 @@ struct QueueRules {
   enum class WaitBasis { kMeanWait, kYoungestWait };
   WaitBasis wait_basis = WaitBasis::kMeanWait;
 
+  // Placement by latency (region_count 0: none). A match is placed in one of
+  // the regions where every ticket's latency is within
+  //   limit(wait) = min(max_latency_ms + latency_widen_per_second * wait, latency_cap_ms)
+  // at the group's wait (the same basis as the rating window); among those,
+  // the region with the lowest worst latency wins.
+  static constexpr int kMaxRegions = 16;
+  int region_count = 0;  // 0..kMaxRegions
+  double max_latency_ms = 0;  // > 0 when region_count > 0
+  double latency_widen_per_second = 0;
+  double latency_cap_ms = 0;  // 0: no cap
+
   static constexpr int kMaxPlayersPerMatch = 200;
 
   int players_per_match() const { return team_count * team_size; }
   // The rating window accepted after waiting `wait`. Infinite for unrated queues.
   double WindowAt(absl::Duration wait) const;
+  // The latency limit after waiting `wait`, ms.
+  double LatencyLimitAt(absl::Duration wait) const;
 };
 
 // INVALID_ARGUMENT naming the offending field, or OK.
@@ -74,6 +88,20 @@ struct TicketSpec {
   absl::Time enqueued_at;
   // When the ticket leaves through OnExpired if still waiting.
   absl::Time expires_at = absl::InfiniteFuture();
+  // Tickets only ever meet tickets of the same partition. The server derives
+  // it from the queue's match attributes (equal values, equal partition).
+  uint64_t partition = 0;
+  // Round-trip time to each of the rules' regions in ms (the worst of the
+  // party's members); kUnreachable where the ticket cannot play. Only the
+  // first rules.region_count entries are read.
+  static constexpr uint16_t kUnreachable = 0xffff;
+  std::array<uint16_t, QueueRules::kMaxRegions> latency_ms = FilledUnreachable();
+
+  static constexpr std::array<uint16_t, QueueRules::kMaxRegions> FilledUnreachable() {
+    std::array<uint16_t, QueueRules::kMaxRegions> a{};
+    for (auto& v : a) v = kUnreachable;
+    return a;
+  }
 };
 
 // A match formed by the pool.
@@ -85,6 +113,10 @@ struct FormedMatch {
   double team_gap = 0;       // highest minus lowest team mean rating (0 if unrated)
   absl::Duration mean_wait;  // mean over the tickets of (formed_at - enqueued_at)
   absl::Time formed_at;
+  // With latency rules: the chosen region (index into the rules' regions)
+  // and the worst ticket latency there; otherwise -1 and 0.
+  int region = -1;
+  double max_latency_ms = 0;
 };
 
 // Why a ticket is still waiting (for `searching` events).
@@ -93,6 +125,7 @@ enum class Blocker {
   kNotEnoughPlayers,  // fewer players than a match needs
   kRatingSpread,      // enough players, but the closest group is wider than the window
   kTeamPacking,       // enough players, but the parties do not fill the teams
+  kLatency,           // near in rating, but no region serves them all within the limit
 };
 
 struct Explanation {
@@ -102,7 +135,13 @@ struct Explanation {
   int players_needed = 0;    // players_per_match
   Blocker blocker = Blocker::kNotEnoughPlayers;
   double best_spread = 0;    // kRatingSpread: spread of the closest full group
-  // kRatingSpread: when that group becomes acceptable if nothing changes.
+  // kLatency: the best region for the closest group, its worst latency and
+  // the limit now (ms).
+  int region = -1;
+  double worst_latency_ms = 0;
+  double latency_limit_ms = 0;
+  // kRatingSpread, kLatency: when that group becomes acceptable if nothing
+  // changes.
   std::optional<absl::Time> acceptable_at;
 };
 

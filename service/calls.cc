@@ -133,7 +133,7 @@ void HandleCreateTicket(Runtime* rt, const mm::CreateTicketRequest& request,
   if (rt->draining.load()) return responder->Fail(kDraining);
   QueueRuntime* queue = rt->FindQueue(request.queue());
   if (queue == nullptr) return responder->Fail(UnknownQueue(request.queue()));
-  if (absl::Status st = ValidateParty(request.players(), queue->settings().rules); !st.ok()) {
+  if (absl::Status st = ValidateParty(request.players(), queue->settings()); !st.ok()) {
     return responder->Fail(ToGrpcStatus(st));
   }
   queue->loop()->Post([queue, request, responder]() mutable {
@@ -174,6 +174,8 @@ void HandleListQueues(Runtime* rt, const mm::ListQueuesRequest& /*request*/,
     info->set_max_party_size(s.rules.max_party_size);
     info->set_rated(s.rules.rated);
     *info->mutable_max_wait() = ToProtoDuration(s.rules.max_wait);
+    for (const std::string& region : s.regions) info->add_regions(region);
+    for (const std::string& key : s.match_attributes) info->add_match_attributes(key);
     info->set_tickets_waiting(queue->tickets_waiting());
     info->set_players_waiting(queue->players_waiting());
     info->set_matches_formed(queue->matches_formed());
@@ -410,7 +412,7 @@ void StreamCall::Start() {
     QueueRuntime* queue = runtime_->FindQueue(request.queue());
     if (queue == nullptr) return Reject(UnknownQueue(request.queue()));
     queue_index_ = queue->index();
-    if (absl::Status st = ValidateParty(request.players(), queue->settings().rules); !st.ok()) {
+    if (absl::Status st = ValidateParty(request.players(), queue->settings()); !st.ok()) {
       return Reject(ToGrpcStatus(st));
     }
     queue->loop()->Post([queue, request = std::move(request), link = link_, deadline]() mutable {

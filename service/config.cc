@@ -73,6 +73,45 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
   if (s.reattach_grace < absl::ZeroDuration()) return invalid("reattach_grace must be >= 0");
   s.max_waiting_tickets =
       q.max_waiting_tickets() == 0 ? 200000 : static_cast<int>(q.max_waiting_tickets());
+  if (q.has_latency()) {
+    const cfg::LatencyRules& l = q.latency();
+    if (l.regions_size() < 1 || l.regions_size() > matcher::QueueRules::kMaxRegions) {
+      return invalid(absl::StrCat("latency.regions must list 1..", matcher::QueueRules::kMaxRegions,
+                                  " regions"));
+    }
+    std::set<std::string> seen;
+    for (const std::string& region : l.regions()) {
+      if (region.empty() || region.size() > 64) {
+        return invalid("latency.regions: names must be 1..64 bytes");
+      }
+      if (!seen.insert(region).second) {
+        return invalid(absl::StrCat("latency.regions: \"", region, "\" is listed twice"));
+      }
+      s.regions.push_back(region);
+    }
+    if (!(std::isfinite(l.max_ms()) && l.max_ms() > 0)) {
+      return invalid("latency.max_ms must be a finite number > 0");
+    }
+    if (!(std::isfinite(l.widen_ms_per_second()) && l.widen_ms_per_second() >= 0)) {
+      return invalid("latency.widen_ms_per_second must be a finite number >= 0");
+    }
+    if (!std::isfinite(l.cap_ms()) || (l.cap_ms() != 0 && l.cap_ms() < l.max_ms())) {
+      return invalid("latency.cap_ms must be 0 (no cap) or >= latency.max_ms");
+    }
+    r.region_count = l.regions_size();
+    r.max_latency_ms = l.max_ms();
+    r.latency_widen_per_second = l.widen_ms_per_second();
+    r.latency_cap_ms = l.cap_ms();
+  }
+  if (q.match_attributes_size() > 8) return invalid("match_attributes: at most 8 keys");
+  std::set<std::string> attribute_keys;
+  for (const std::string& key : q.match_attributes()) {
+    if (key.empty() || key.size() > 64) return invalid("match_attributes: keys must be 1..64 bytes");
+    if (!attribute_keys.insert(key).second) {
+      return invalid(absl::StrCat("match_attributes: \"", key, "\" is listed twice"));
+    }
+    s.match_attributes.push_back(key);
+  }
   if (absl::Status st = matcher::ValidateRules(r); !st.ok()) {
     return invalid(st.message());
   }

@@ -22,6 +22,10 @@ struct QueueSettings {
   absl::Duration poll_ttl;
   absl::Duration reattach_grace;
   int max_waiting_tickets = 0;
+  // Latency placement: region names, index = the matcher's region index.
+  std::vector<std::string> regions;
+  // Player attribute keys whose values must be equal within a match.
+  std::vector<std::string> match_attributes;
 };
 
 // The embedded default configuration (config/default.json), as JSON text.

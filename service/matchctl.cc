@@ -187,6 +187,19 @@ void PrintMatch(const mm::Match& match) {
   std::cout << absl::StrFormat("  quality: rating spread %s, team gap %s, mean wait %s\n",
                                absl::StrCat(quality.rating_spread()),
                                absl::StrCat(quality.team_gap()), Short(quality.mean_wait()));
+  if (!quality.region().empty()) {
+    std::vector<std::string> latencies;
+    for (const mm::Team& team : match.teams()) {
+      for (const mm::Player& p : team.players()) {
+        auto it = quality.latency_ms().find(p.id());
+        if (it != quality.latency_ms().end()) {
+          latencies.push_back(absl::StrCat(p.id(), " ", it->second, " ms"));
+        }
+      }
+    }
+    std::cout << absl::StrFormat("  region: %s (%s)\n", quality.region(),
+                                 absl::StrJoin(latencies, ", "));
+  }
 }
 
 void PrintEvent(const mm::MatchEvent& ev) {

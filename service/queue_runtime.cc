@@ -37,6 +37,9 @@ struct QueueRuntime::Ticket {
   State state = mm::Ticket::QUEUED;
   google::protobuf::RepeatedPtrField<mm::Player> players;
   double rating = 0;
+  std::array<uint16_t, matcher::QueueRules::kMaxRegions> latency_ms;  // per region of the queue
+  std::string partition_key;  // see PartitionKey; empty without match attributes
+  uint64_t partition = 0;
   absl::Time created;  // the original enqueue time, kept across re-attach
   absl::Time expires;  // the queue's maximum wait or the caller's deadline
   bool expires_by_caller = false;
@@ -142,17 +145,17 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   t.poll = poll;
   t.players = players;
   t.rating = PartyRating(players);
+  t.latency_ms = PartyLatency(players, settings_);
+  if (!settings_.match_attributes.empty()) {
+    t.partition_key = PartitionKey(players, settings_);
+    t.partition = AcquirePartition(t.partition_key);
+  }
   t.created = now;
   t.expires = expires;
   t.seq = 1;  // the `queued` event
-  matcher::TicketSpec spec;
-  spec.key = t.key;
-  spec.party_size = players.size();
-  spec.rating = t.rating;
-  spec.enqueued_at = now;
-  spec.expires_at = expires;
-  if (absl::Status added = pool_.Add(spec); !added.ok()) {
+  if (absl::Status added = pool_.Add(Spec(t)); !added.ok()) {
     runtime_->active_tickets.fetch_sub(1);
+    if (t.partition != 0) ReleasePartition(t.partition_key);
     return added;
   }
   for (const mm::Player& p : players) players_[p.id()] = t.key;
@@ -290,14 +293,32 @@ void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
   RunPool();
 }
 
-void QueueRuntime::Requeue(Ticket& t) {
+matcher::TicketSpec QueueRuntime::Spec(const Ticket& t) {
   matcher::TicketSpec spec;
   spec.key = t.key;
   spec.party_size = t.players.size();
   spec.rating = t.rating;
-  spec.enqueued_at = t.created;  // no lost priority
+  spec.enqueued_at = t.created;  // kept on re-attach: no lost priority
   spec.expires_at = t.expires;
-  (void)pool_.Add(spec);  // the key is not in the pool while DETACHED
+  spec.partition = t.partition;
+  spec.latency_ms = t.latency_ms;
+  return spec;
+}
+
+uint64_t QueueRuntime::AcquirePartition(const std::string& key) {
+  auto [it, added] = partitions_.try_emplace(key, Partition{next_partition_, 0});
+  if (added) ++next_partition_;
+  ++it->second.tickets;
+  return it->second.id;
+}
+
+void QueueRuntime::ReleasePartition(const std::string& key) {
+  auto it = partitions_.find(key);
+  if (it != partitions_.end() && --it->second.tickets == 0) partitions_.erase(it);
+}
+
+void QueueRuntime::Requeue(Ticket& t) {
+  (void)pool_.Add(Spec(t));  // the key is not in the pool while DETACHED
   t.state = mm::Ticket::QUEUED;
   t.detail.clear();
   t.lease_until = absl::InfiniteFuture();
@@ -417,6 +438,16 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
     for (double p : WinProbabilities(means)) q->add_win_probability(p);
   }
   *q->mutable_mean_wait() = ToProtoDuration(formed.mean_wait);
+  if (formed.region >= 0) {
+    const std::string& region = settings_.regions[formed.region];
+    q->set_region(region);
+    // Every member gave this region: the ticket was reachable there.
+    for (const mm::Team& team : m.teams()) {
+      for (const mm::Player& p : team.players()) {
+        (*q->mutable_latency_ms())[p.id()] = p.latency_ms().at(region);
+      }
+    }
+  }
   std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(std::move(m));
   matches_formed_.fetch_add(1, std::memory_order_relaxed);
   metrics_->matches->Increment();
@@ -447,6 +478,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     }
     --active_;
     runtime_->active_tickets.fetch_sub(1);
+    if (t.partition != 0) ReleasePartition(t.partition_key);
     switch (state) {
       case mm::Ticket::MATCHED:
         metrics_->matched->Increment();
@@ -630,6 +662,25 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
       s->set_reason(absl::StrCat("the waiting parties cannot fill ", settings_.rules.team_count,
                                  " teams of ", settings_.rules.team_size, " yet"));
       break;
+    case matcher::Blocker::kLatency: {
+      s->set_blocked_by(mm::Searching::LATENCY);
+      const std::string region = e.region >= 0 ? settings_.regions[e.region] : "any region";
+      if (e.acceptable_at.has_value()) {
+        const absl::Duration in = std::max(*e.acceptable_at - now, absl::ZeroDuration());
+        *s->mutable_expected_wait() = ToProtoDuration(in);
+        s->set_reason(absl::StrFormat(
+            "the closest group's best region is %s with a worst latency of %.0f ms; the limit "
+            "is %.0f ms now and covers it in about %s",
+            region, e.worst_latency_ms, e.latency_limit_ms,
+            absl::FormatDuration(absl::Ceil(in, absl::Seconds(1)))));
+      } else {
+        s->set_reason(absl::StrFormat(
+            "the closest group's best region is %s with a worst latency of %.0f ms, more than "
+            "this queue accepts; waiting for nearer players",
+            region, e.worst_latency_ms));
+      }
+      break;
+    }
     case matcher::Blocker::kRatingSpread:
       s->set_blocked_by(mm::Searching::RATING_SPREAD);
       if (e.acceptable_at.has_value()) {

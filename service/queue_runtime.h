@@ -96,6 +96,7 @@ class QueueRuntime final : private matcher::PoolListener {
   void Heartbeat(matcher::TicketKey key);
   void LeaseExpired(matcher::TicketKey key);
   void Requeue(Ticket& t);
+  static matcher::TicketSpec Spec(const Ticket& t);
   void Detach(const StreamLink* link, DetachReason reason);
   // Drops the oldest finished tickets beyond the retention cap. Only where no
   // ticket reference is held (not inside Finish or a pool callback).
@@ -122,6 +123,16 @@ class QueueRuntime final : private matcher::PoolListener {
     absl::Time until;
   };
   std::deque<Retired> retired_;
+  // Match-attribute value lists in use -> their pool partition, counted by
+  // active tickets (an entry goes with its last ticket).
+  struct Partition {
+    uint64_t id;
+    int tickets;
+  };
+  std::unordered_map<std::string, Partition> partitions_;
+  uint64_t next_partition_ = 1;
+  uint64_t AcquirePartition(const std::string& key);
+  void ReleasePartition(const std::string& key);
   EventLoop::TimerId retention_timer_ = 0;
   matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;

@@ -1,10 +1,12 @@
 #include "service/validation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace matchd {
 namespace {
@@ -25,7 +27,8 @@ absl::Status Invalid(absl::string_view a, absl::string_view b = "", absl::string
 
 absl::Status ValidateParty(
     const google::protobuf::RepeatedPtrField<matchmaking::v1::Player>& players,
-    const matcher::QueueRules& rules) {
+    const QueueSettings& queue) {
+  const matcher::QueueRules& rules = queue.rules;
   if (players.empty()) return Invalid("players: at least one player is required");
   if (players.size() > rules.max_party_size) {
     return Invalid(absl::StrCat("players: a party of ", players.size(),
@@ -69,8 +72,66 @@ absl::Status ValidateParty(
         return Invalid(where, ".attributes[\"", key, "\"] is longer than 256 bytes");
       }
     }
+    for (const std::string& key : queue.match_attributes) {
+      auto it = p.attributes().find(key);
+      if (it == p.attributes().end()) {
+        return Invalid(where, ".attributes: queue \"", queue.name,
+                       absl::StrCat("\" matches only players with equal \"", key,
+                                    "\"; give it for every player"));
+      }
+      if (i > 0 && players[0].attributes().at(key) != it->second) {
+        return Invalid(where, absl::StrCat(".attributes[\"", key, "\"] is \"", it->second,
+                                           "\" but players[0] has \"",
+                                           players[0].attributes().at(key),
+                                           "\"; a party plays with one value of it"));
+      }
+    }
+  }
+  if (!queue.regions.empty()) {
+    const auto latency = PartyLatency(players, queue);
+    bool any = false;
+    for (size_t r = 0; r < queue.regions.size(); ++r) {
+      any = any || latency[r] != matcher::TicketSpec::kUnreachable;
+    }
+    if (!any) {
+      return Invalid("players[].latency_ms: queue \"", queue.name,
+                     absl::StrCat("\" places matches in ", absl::StrJoin(queue.regions, ", "),
+                                  "; every player of the party must give a latency to at least "
+                                  "one same region of them"));
+    }
   }
   return absl::OkStatus();
+}
+
+std::array<uint16_t, matcher::QueueRules::kMaxRegions> PartyLatency(
+    const google::protobuf::RepeatedPtrField<matchmaking::v1::Player>& players,
+    const QueueSettings& queue) {
+  std::array<uint16_t, matcher::QueueRules::kMaxRegions> out =
+      matcher::TicketSpec::FilledUnreachable();
+  for (size_t r = 0; r < queue.regions.size(); ++r) {
+    uint32_t worst = 0;
+    for (const matchmaking::v1::Player& p : players) {
+      auto it = p.latency_ms().find(queue.regions[r]);
+      // kMaxLatencyMs < kUnreachable: a given latency is always reachable.
+      worst = std::max(worst, it == p.latency_ms().end() ? uint32_t{matcher::TicketSpec::kUnreachable}
+                                                         : it->second);
+    }
+    if (!players.empty()) out[r] = static_cast<uint16_t>(worst);
+  }
+  return out;
+}
+
+std::string PartitionKey(const google::protobuf::RepeatedPtrField<matchmaking::v1::Player>& players,
+                         const QueueSettings& queue) {
+  std::string key;
+  if (players.empty()) return key;
+  for (const std::string& attribute : queue.match_attributes) {
+    auto it = players[0].attributes().find(attribute);
+    const std::string value = it == players[0].attributes().end() ? "" : it->second;
+    // Length-prefixed, so that no two value lists join to the same key.
+    absl::StrAppend(&key, value.size(), ":", value);
+  }
+  return key;
 }
 
 absl::Status ValidateTicketId(const std::string& ticket_id) {

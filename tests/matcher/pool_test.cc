@@ -129,6 +129,17 @@ TEST(ValidateRulesTest, NamesTheOffendingField) {
   QueueRules no_wait = Rated(2, 1, 1, 0, 0);
   no_wait.max_wait = absl::ZeroDuration();
   cases.push_back({no_wait, "max_wait"});
+  QueueRules regions = Rated(2, 1, 1, 0, 0);
+  regions.region_count = QueueRules::kMaxRegions + 1;
+  cases.push_back({regions, "region_count"});
+  regions.region_count = 2;
+  cases.push_back({regions, "max_latency_ms"});  // 0 at zero wait
+  regions.max_latency_ms = 50;
+  regions.latency_widen_per_second = -1;
+  cases.push_back({regions, "latency_widen_per_second"});
+  regions.latency_widen_per_second = 1;
+  regions.latency_cap_ms = 40;
+  cases.push_back({regions, "latency_cap_ms"});
   for (const Case& c : cases) {
     const absl::Status status = ValidateRules(c.rules);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
@@ -246,6 +257,145 @@ TEST(PoolTest, YoungestWaitBasisNeedsEveryMembersOwnWindow) {
   pool.Process(acceptable);
   ASSERT_EQ(listener.matches.size(), 1u);
   EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(20));
+}
+
+// Latency per region for a 3-region queue; absent regions are unreachable.
+TicketSpec InRegions(TicketSpec spec, std::vector<int> latency_ms) {
+  for (size_t r = 0; r < latency_ms.size(); ++r) {
+    if (latency_ms[r] >= 0) spec.latency_ms[r] = static_cast<uint16_t>(latency_ms[r]);
+  }
+  return spec;
+}
+
+QueueRules WithRegions(QueueRules rules, double max_ms, double widen, double cap = 0) {
+  rules.region_count = 3;
+  rules.max_latency_ms = max_ms;
+  rules.latency_widen_per_second = widen;
+  rules.latency_cap_ms = cap;
+  return rules;
+}
+
+TEST(PoolTest, PartitionsNeverMeet) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 1000, 0), &listener);
+  TicketSpec en = Ticket(1, 1500, kT0);
+  en.partition = 1;
+  TicketSpec de = Ticket(2, 1500, kT0);
+  de.partition = 2;
+  ASSERT_TRUE(pool.Add(en).ok());
+  ASSERT_TRUE(pool.Add(de).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.Explain(1, kT0).blocker, Blocker::kNotEnoughPlayers);
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+  // Further away in rating, but the same partition.
+  TicketSpec de2 = Ticket(3, 1900, kT0 + absl::Seconds(1));
+  de2.partition = 2;
+  ASSERT_TRUE(pool.Add(de2).ok());
+  pool.Process(kT0 + absl::Seconds(1));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(2, 3));
+  EXPECT_TRUE(pool.Contains(1));
+}
+
+TEST(PoolTest, UnratedPartitionsNeverMeet) {
+  RecordingListener listener;
+  Pool pool(Unrated(2, 1, 1), &listener);
+  for (TicketKey key = 1; key <= 3; ++key) {
+    TicketSpec t = Ticket(key, 0, kT0 + absl::Seconds(key));
+    t.partition = key == 2 ? 7 : 8;
+    ASSERT_TRUE(pool.Add(t).ok());
+  }
+  pool.Process(kT0 + absl::Seconds(3));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(1, 3));
+}
+
+TEST(PoolTest, MatchIsPlacedInARegionWithinTheLimit) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 0), &listener);
+  // 1 and 2 share no region within 60 ms; 1 and 3 share eu (index 0).
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {30, 150, -1})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {200, 40, -1})).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.Explain(1, kT0).blocker, Blocker::kLatency);
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(3, 1700, kT0), {45, -1, -1})).ok());
+  pool.Process(kT0);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(1, 3));
+  EXPECT_EQ(listener.matches[0].region, 0);
+  EXPECT_EQ(listener.matches[0].max_latency_ms, 45);
+}
+
+TEST(PoolTest, PrefersTheRegionWithTheLowestWorstLatency) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 0), &listener);
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {30, 20, 50})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {35, 25, 10})).ok());
+  pool.Process(kT0);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].region, 1);
+  EXPECT_EQ(listener.matches[0].max_latency_ms, 25);
+}
+
+TEST(PoolTest, LatencyLimitWidensWithTheGroupsMeanWait) {
+  RecordingListener listener;
+  // 60 ms at zero wait, +10 ms per second: 100 ms after a mean wait of 4 s.
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 10), &listener);
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {100, -1, -1})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {50, -1, -1})).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  const Explanation e = pool.Explain(2, kT0 + absl::Seconds(1));
+  EXPECT_EQ(e.blocker, Blocker::kLatency);
+  EXPECT_EQ(e.region, 0);
+  EXPECT_EQ(e.worst_latency_ms, 100);  // the ticket the limit keeps out
+  EXPECT_EQ(e.latency_limit_ms, 70);
+  const absl::Time wake = kT0 + absl::Seconds(4);
+  EXPECT_EQ(e.acceptable_at, wake);
+  EXPECT_EQ(pool.NextWakeup(), wake);
+  pool.Process(wake - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(wake);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].max_latency_ms, 100);
+}
+
+TEST(PoolTest, LatencyCapIsNeverExceeded) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 10, /*cap=*/90), &listener);
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {100, -1, -1})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {50, -1, -1})).ok());
+  pool.Process(kT0);
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+  pool.Process(kT0 + absl::Hours(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+}
+
+TEST(PoolTest, TicketWithoutAReachableRegionIsRefused) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 100, 0), 60, 0), &listener);
+  EXPECT_EQ(pool.Add(Ticket(1, 1500, kT0)).code(), absl::StatusCode::kInvalidArgument);
+  // A region beyond the queue's region_count does not count.
+  EXPECT_EQ(pool.Add(InRegions(Ticket(1, 1500, kT0), {-1, -1, -1, 20})).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {-1, -1, 20})).ok());
+}
+
+TEST(PoolTest, FreeForAllWithRegionsFillsFromOneRegion) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Unrated(4, 1, 1), 80, 0), &listener);
+  // Oldest first, but only tickets that can play in the anchor's region.
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 0, kT0), {20, 90, -1})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 0, kT0 + absl::Seconds(1)), {-1, 30, -1})).ok());
+  for (TicketKey key = 3; key <= 5; ++key) {
+    ASSERT_TRUE(pool.Add(InRegions(Ticket(key, 0, kT0 + absl::Seconds(key)), {40, 40, -1})).ok());
+  }
+  pool.Process(kT0 + absl::Seconds(5));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(1, 3, 4, 5));
+  EXPECT_EQ(listener.matches[0].region, 0);
 }
 
 TEST(PoolTest, OldestAnchorPicksItsNearestPartnerFirst) {
@@ -700,6 +850,26 @@ class Simulation : public PoolListener {
       EXPECT_EQ(players, rules_.team_size);
     }
     EXPECT_EQ(match.mean_wait, sum_wait / tickets);
+    // One partition; with regions, every member within the limit there.
+    const uint64_t partition = specs_.at(match.teams[0][0]).partition;
+    double worst = 0;
+    for (const auto& team : match.teams) {
+      for (TicketKey key : team) {
+        const TicketSpec& spec = specs_.at(key);
+        EXPECT_EQ(spec.partition, partition) << key;
+        if (rules_.region_count > 0) {
+          EXPECT_GE(match.region, 0);
+          EXPECT_LT(match.region, rules_.region_count);
+          worst = std::max<double>(worst, spec.latency_ms[match.region]);
+        }
+      }
+    }
+    if (rules_.region_count > 0) {
+      EXPECT_EQ(match.max_latency_ms, worst);
+      EXPECT_LE(worst, rules_.LatencyLimitAt(match.mean_wait));
+    } else {
+      EXPECT_EQ(match.region, -1);
+    }
     if (rules_.rated) {
       EXPECT_EQ(match.rating_spread, hi - lo);
       EXPECT_LE(match.rating_spread, rules_.WindowAt(match.mean_wait));
@@ -733,6 +903,17 @@ class Simulation : public PoolListener {
         TicketSpec spec = Ticket(next_key++, std::round(rating(rng_)), now_);
         // Mostly solo players, like real queues.
         if (percent(rng_) < 30) spec.party_size = party(rng_);
+        // Queues with regions also get two partitions, and each ticket a
+        // latency to some of three regions (at least one).
+        if (rules_.region_count > 0) {
+          spec.partition = percent(rng_) < 70 ? 1 : 2;
+          for (int r = 0; r < rules_.region_count; ++r) {
+            if (r == 0 || percent(rng_) < 60) {
+              spec.latency_ms[(r + next_key) % rules_.region_count] =
+                  static_cast<uint16_t>(std::uniform_int_distribution<int>(10, 200)(rng_));
+            }
+          }
+        }
         spec.expires_at =
             now_ + absl::Milliseconds(std::uniform_int_distribution<int>(1000, 120000)(rng_));
         ASSERT_TRUE(pool_.Add(spec).ok());
@@ -792,11 +973,13 @@ class Simulation : public PoolListener {
     std::set<int> sizes_seen;
     for (TicketKey key : waiting_) {  // keys grow with enqueue times
       const Explanation explanation = pool_.Explain(key, now_);
-      if (rules_.rated || sizes_seen.insert(specs_.at(key).party_size).second) {
+      const bool watched =
+          rules_.rated || sizes_seen.insert(specs_.at(key).party_size).second;
+      if (watched) {
         EXPECT_NE(explanation.blocker, Blocker::kNone) << key;
       }
       EXPECT_EQ(explanation.players_waiting, players);
-      if (explanation.acceptable_at.has_value()) {
+      if (watched && explanation.acceptable_at.has_value()) {
         EXPECT_GT(*explanation.acceptable_at, now_);
         EXPECT_LE(wakeup, *explanation.acceptable_at) << key;
       }
@@ -854,7 +1037,13 @@ INSTANTIATE_TEST_SUITE_P(
                       SimulationCase{"Rated10v10Greedy", Rated(2, 10, 4, 150, 10, 0)},
                       SimulationCase{"RatedFourTeamsOfThree", Rated(4, 3, 3, 200, 20, 0)},
                       SimulationCase{"RatedFreeForAll8", Rated(8, 1, 1, 200, 20, 0)},
-                      SimulationCase{"Unrated3x4Parties", Unrated(3, 4, 3)}),
+                      SimulationCase{"Unrated3x4Parties", Unrated(3, 4, 3)},
+                      SimulationCase{"Rated5v5RegionsPartitions",
+                                     WithRegions(Rated(2, 5, 5, 100, 10, 600), 60, 5, 150)},
+                      SimulationCase{"Rated1v1RegionsPartitions",
+                                     WithRegions(Rated(2, 1, 1, 50, 5, 400), 40, 10)},
+                      SimulationCase{"UnratedRegionsPartitions",
+                                     WithRegions(Unrated(4, 1, 1), 50, 5, 120)}),
     [](const ::testing::TestParamInfo<SimulationCase>& info) { return info.param.name; });
 
 }  // namespace

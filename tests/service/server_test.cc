@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -15,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "service/config.h"
 #include "service/queue_runtime.h"
 #include "tests/testing/test_server.h"
 
@@ -519,7 +521,7 @@ TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
   grpc::ClientContext ctx;
   mm::ListQueuesResponse response;
   ASSERT_TRUE(ts.stub().ListQueues(&ctx, mm::ListQueuesRequest(), &response).ok());
-  ASSERT_EQ(response.queues_size(), 4);
+  ASSERT_EQ(response.queues_size(), 5);
   const mm::QueueInfo& squad = response.queues(2);
   EXPECT_EQ(squad.name(), "squad");
   EXPECT_EQ(squad.team_count(), 2u);
@@ -527,6 +529,124 @@ TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
   EXPECT_TRUE(squad.rated());
   EXPECT_EQ(squad.tickets_waiting(), 1u);
   EXPECT_EQ(squad.players_waiting(), 2u);
+  EXPECT_THAT(squad.regions(), ::testing::IsEmpty());
+  const mm::QueueInfo& regional = response.queues(4);
+  EXPECT_THAT(regional.regions(), ::testing::ElementsAre("eu", "us"));
+  EXPECT_THAT(regional.match_attributes(), ::testing::ElementsAre("mode"));
+}
+
+// A player of the "regional" queue: latencies by region, and a mode.
+mm::Player Regional(const std::string& id, std::map<std::string, uint32_t> latency_ms,
+                    const std::string& mode = "ranked") {
+  mm::Player p = MakePlayer(id);
+  for (const auto& [region, ms] : latency_ms) (*p.mutable_latency_ms())[region] = ms;
+  (*p.mutable_attributes())["mode"] = mode;
+  return p;
+}
+
+TEST(ServerTest, MatchIsPlacedInTheBestRegionAndCarriesEachPlayersLatency) {
+  TestServer ts;
+  // The second party has no "us": only eu can host all four.
+  auto a = EventStream::Find(ts.stub(), "regional",
+                             {Regional("a1", {{"eu", 30}, {"us", 10}}), Regional("a2", {{"eu", 20}})});
+  ASSERT_TRUE(a->Expect().has_queued());
+  auto b = EventStream::Find(ts.stub(), "regional",
+                             {Regional("b1", {{"eu", 45}, {"us", 5}}), Regional("b2", {{"eu", 40}})});
+  mm::MatchEvent ev = b->Expect();
+  if (ev.has_queued()) ev = b->Expect();
+  ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+  const mm::MatchQuality& q = ev.matched().match().quality();
+  EXPECT_EQ(q.region(), "eu");
+  EXPECT_EQ(q.latency_ms().at("a1"), 30u);
+  EXPECT_EQ(q.latency_ms().at("a2"), 20u);
+  EXPECT_EQ(q.latency_ms().at("b1"), 45u);
+  EXPECT_EQ(q.latency_ms().at("b2"), 40u);
+}
+
+TEST(ServerTest, MatchAttributesMustBeEqual) {
+  TestServer ts;
+  auto ranked = EventStream::Find(ts.stub(), "regional",
+                                  {Regional("r1", {{"eu", 10}}), Regional("r2", {{"eu", 10}})});
+  ASSERT_TRUE(ranked->Expect().has_queued());
+  auto casual = EventStream::Find(
+      ts.stub(), "regional",
+      {Regional("c1", {{"eu", 10}}, "casual"), Regional("c2", {{"eu", 10}}, "casual")});
+  ASSERT_TRUE(casual->Expect().has_queued());
+  ts.Advance(absl::Seconds(5));
+  mm::MatchEvent hb = casual->Expect();
+  ASSERT_TRUE(hb.has_searching()) << hb.DebugString();
+  EXPECT_EQ(hb.searching().blocked_by(), mm::Searching::NOT_ENOUGH_PLAYERS);
+  ASSERT_TRUE(ranked->Expect().has_searching());
+  auto casual2 = EventStream::Find(
+      ts.stub(), "regional",
+      {Regional("c3", {{"eu", 10}}, "casual"), Regional("c4", {{"eu", 10}}, "casual")});
+  mm::MatchEvent ev = casual->Expect();
+  ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+  for (const mm::Team& team : ev.matched().match().teams()) {
+    for (const mm::Player& p : team.players()) EXPECT_EQ(p.attributes().at("mode"), "casual");
+  }
+  EXPECT_EQ(ts.GetTicket(hb.ticket_id()).state(), mm::Ticket::MATCHED);
+}
+
+TEST(ServerTest, LatencyBlockerIsExplainedAndTheLimitWidens) {
+  TestServer ts;
+  // 100 ms is over the 50 ms limit until the mean wait reaches 10 s (5 ms/s).
+  auto far = EventStream::Find(ts.stub(), "regional",
+                               {Regional("f1", {{"eu", 100}}), Regional("f2", {{"eu", 20}})});
+  ASSERT_TRUE(far->Expect().has_queued());
+  auto near = EventStream::Find(ts.stub(), "regional",
+                                {Regional("n1", {{"eu", 20}}), Regional("n2", {{"eu", 20}})});
+  ASSERT_TRUE(near->Expect().has_queued());
+  ts.Advance(absl::Seconds(5));
+  mm::MatchEvent hb = near->Expect();
+  ASSERT_TRUE(hb.has_searching()) << hb.DebugString();
+  EXPECT_EQ(hb.searching().blocked_by(), mm::Searching::LATENCY);
+  EXPECT_THAT(hb.searching().reason(), HasSubstr("eu"));
+  EXPECT_THAT(hb.searching().reason(), HasSubstr("100 ms"));
+  EXPECT_EQ(hb.searching().expected_wait().seconds(), 5);
+  ASSERT_TRUE(far->Expect().has_searching());
+  ts.Advance(absl::Seconds(5));
+  mm::MatchEvent ev = near->Expect();
+  ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+  EXPECT_EQ(ev.matched().match().quality().region(), "eu");
+  EXPECT_EQ(ev.matched().match().quality().latency_ms().at("f1"), 100u);
+}
+
+TEST(ServerTest, RegionalQueueRejectsPlayersItCannotPlace) {
+  TestServer ts;
+  auto expect_invalid = [&](std::vector<mm::Player> players, const std::string& part) {
+    grpc::Status s = FindError(ts.stub(), "regional", players);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << part;
+    EXPECT_THAT(s.error_message(), HasSubstr(part));
+  };
+  mm::Player no_mode = Regional("a", {{"eu", 10}});
+  no_mode.mutable_attributes()->clear();
+  expect_invalid({no_mode}, "matches only players with equal \"mode\"");
+  expect_invalid({Regional("a", {{"eu", 10}}), Regional("b", {{"eu", 10}}, "casual")},
+                 "a party plays with one value of it");
+  expect_invalid({Regional("a", {{"asia", 10}})}, "places matches in eu, us");
+  // Each member reaches a region, but not the same one.
+  expect_invalid({Regional("a", {{"eu", 10}}), Regional("b", {{"us", 10}})},
+                 "at least one same region");
+}
+
+TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
+  auto error = [](const std::string& queue_json) {
+    auto parsed = ParseConfig(R"({"queues": [)" + queue_json + "]}");
+    return parsed.ok() ? std::string("ok") : std::string(parsed.status().message());
+  };
+  const std::string base = R"("name": "q", "teamCount": 2, "teamSize": 1)";
+  EXPECT_EQ(error("{" + base + R"(, "latency": {"regions": ["eu"], "maxMs": 50}})"), "ok");
+  EXPECT_THAT(error("{" + base + R"(, "latency": {"maxMs": 50}})"),
+              HasSubstr("latency.regions must list 1..16 regions"));
+  EXPECT_THAT(error("{" + base + R"(, "latency": {"regions": ["eu", "eu"], "maxMs": 50}})"),
+              HasSubstr("\"eu\" is listed twice"));
+  EXPECT_THAT(error("{" + base + R"(, "latency": {"regions": ["eu"]}})"),
+              HasSubstr("latency.max_ms must be a finite number > 0"));
+  EXPECT_THAT(error("{" + base + R"(, "latency": {"regions": ["eu"], "maxMs": 50, "capMs": 10}})"),
+              HasSubstr("latency.cap_ms must be 0 (no cap) or >= latency.max_ms"));
+  EXPECT_THAT(error("{" + base + R"(, "matchAttributes": ["mode", "mode"]})"),
+              HasSubstr("\"mode\" is listed twice"));
 }
 
 TEST(ServerTest, DrainTurnsReadinessOffThenEndsWaitingCallsWithinTheSpread) {

@@ -21,7 +21,11 @@ const char kTestConfig[] = R"json({
     {"name": "squad", "teamCount": 2, "teamSize": 5, "maxPartySize": 5,
      "rating": {"initialWindow": 5000}, "maxWait": "60s"},
     {"name": "tiny", "teamCount": 2, "teamSize": 1, "maxWaitingTickets": 2,
-     "rating": {"initialWindow": 0}, "maxWait": "60s"}
+     "rating": {"initialWindow": 0}, "maxWait": "60s"},
+    {"name": "regional", "teamCount": 2, "teamSize": 2, "maxPartySize": 2,
+     "rating": {"initialWindow": 1000}, "maxWait": "60s",
+     "latency": {"regions": ["eu", "us"], "maxMs": 50, "widenMsPerSecond": 5, "capMs": 150},
+     "matchAttributes": ["mode"]}
   ]
 })json";
 
