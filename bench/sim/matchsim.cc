@@ -46,6 +46,13 @@ ABSL_FLAG(std::string, ratings_column, "", "CSV column of --ratings_file (header
 ABSL_FLAG(std::string, party_mix, "1",
           "Comma-separated weights of party sizes 1, 2, ..., e.g. 65,20,5,3,7.");
 ABSL_FLAG(double, abandon_mean, 0, "Mean patience of players who give up, seconds; 0: nobody does.");
+ABSL_FLAG(std::string, regions, "",
+          "Comma-separated regions (e.g. eu,us,ap): players get a latency to each and matches "
+          "are placed within --max_latency.");
+ABSL_FLAG(std::string, region_weights, "", "Share of players living near each region.");
+ABSL_FLAG(double, max_latency, 80, "Latency limit at zero wait, ms (with --regions).");
+ABSL_FLAG(double, latency_widen, 2, "Latency limit widening per second of wait, ms.");
+ABSL_FLAG(double, latency_cap, 200, "Cap of the latency limit, ms; 0: none.");
 ABSL_FLAG(int, team_count, 2, "Teams per match.");
 ABSL_FLAG(int, team_size, 1, "Players per team.");
 ABSL_FLAG(double, initial_window, 0, "Rating window at zero wait.");
@@ -107,6 +114,13 @@ matcher::QueueRules BaseRules() {
   rules.widen_per_second = absl::GetFlag(FLAGS_widen);
   rules.max_window = absl::GetFlag(FLAGS_max_window);
   rules.max_wait = absl::Seconds(absl::GetFlag(FLAGS_max_wait));
+  if (!absl::GetFlag(FLAGS_regions).empty()) {
+    rules.region_count =
+        static_cast<int>(std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_regions), ',')).size());
+    rules.max_latency_ms = absl::GetFlag(FLAGS_max_latency);
+    rules.latency_widen_per_second = absl::GetFlag(FLAGS_latency_widen);
+    rules.latency_cap_ms = absl::GetFlag(FLAGS_latency_cap);
+  }
   return rules;
 }
 
@@ -166,6 +180,16 @@ void PrintTable(const std::vector<Row>& rows, bool one_v_one, double bound_k) {
         s.wait_p99_bottom1, 100 * s.abandoned_share);
     if (r.fingerprint != 0) std::printf("  fingerprint %016llx\n", (unsigned long long)r.fingerprint);
   }
+  bool placed = false;
+  for (const Row& r : rows) placed = placed || r.summary.latency_mean > 0;
+  if (placed) {
+    std::printf("%-13s %-13s %9s %9s %12s\n", "algorithm", "knob", "lat_mean", "lat_p99",
+                "best_region");
+    for (const Row& r : rows) {
+      std::printf("%-13s %-13s %9.1f %9.1f %11.1f%%\n", r.algorithm.c_str(), r.knob.c_str(),
+                  r.summary.latency_mean, r.summary.latency_p99, 100 * r.summary.best_region_share);
+    }
+  }
   std::printf("(waits in s over matched players; gap = team-mean gap%s; K = %s x mean wait x "
               "players/s%s)\n",
               one_v_one ? " = |rating difference|" : "", one_v_one ? "mean gap" : "mean spread",
@@ -178,7 +202,8 @@ void WriteCsv(const std::string& path, const std::vector<Row>& rows, double boun
   out << "algorithm,knob,knob_value,tickets,matched_share,abandoned_share,expired_share,"
          "wait_mean,wait_p50,wait_p90,wait_p99,wait_max,gap_mean,gap_p99,gap_within_5,"
          "spread_mean,spread_p99,slot_delta_mean,slot_delta_max_p99,fair_share,players_per_s,"
-         "k,k_over_bound,wait_p99_top1,wait_p99_bottom1\n";
+         "k,k_over_bound,wait_p99_top1,wait_p99_bottom1,latency_mean,latency_p99,"
+         "best_region_share\n";
   for (const Row& r : rows) {
     const Summary& s = r.summary;
     out << absl::StrJoin(
@@ -192,7 +217,8 @@ void WriteCsv(const std::string& path, const std::vector<Row>& rows, double boun
                 absl::StrCat(s.slot_delta_max_p99), absl::StrCat(s.fair_share),
                 absl::StrCat(s.players_per_s), absl::StrCat(s.k),
                 absl::StrCat(bound_k > 0 ? s.k / bound_k : 0), absl::StrCat(s.wait_p99_top1),
-                absl::StrCat(s.wait_p99_bottom1)},
+                absl::StrCat(s.wait_p99_bottom1), absl::StrCat(s.latency_mean),
+                absl::StrCat(s.latency_p99), absl::StrCat(s.best_region_share)},
                ",")
         << "\n";
   }
@@ -223,6 +249,23 @@ int Run() {
       return 2;
     }
     w.party_mix.push_back(v);
+  }
+  if (!absl::GetFlag(FLAGS_regions).empty()) {
+    w.regions = absl::StrSplit(absl::GetFlag(FLAGS_regions), ',');
+    if (static_cast<int>(w.regions.size()) > matcher::QueueRules::kMaxRegions) {
+      std::cerr << "matchsim: at most " << matcher::QueueRules::kMaxRegions << " regions\n";
+      return 2;
+    }
+  }
+  if (!absl::GetFlag(FLAGS_region_weights).empty()) {
+    for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_region_weights), ',')) {
+      double v;
+      if (!absl::SimpleAtod(part, &v)) {
+        std::cerr << "matchsim: --region_weights: \"" << part << "\" is not a number\n";
+        return 2;
+      }
+      w.region_weights.push_back(v);
+    }
   }
   const double abandon = absl::GetFlag(FLAGS_abandon_mean);
   if (abandon > 0) w.abandon_mean_s = abandon;

@@ -26,6 +26,7 @@ class Recorder final : public matcher::PoolListener {
   void OnMatched(const matcher::FormedMatch& match) override {
     SimMatch m;
     m.formed_s = now_;
+    m.region = match.region;
     for (const auto& team : match.teams) {
       m.teams.emplace_back();
       for (matcher::TicketKey key : team) {
@@ -60,6 +61,9 @@ matcher::TicketSpec SpecOf(const SimTicket& t, double max_wait) {
   spec.rating = t.rating;
   spec.enqueued_at = At(t.arrival_s);
   spec.expires_at = At(t.arrival_s + max_wait);
+  for (size_t r = 0; r < t.latency_ms.size() && r < spec.latency_ms.size(); ++r) {
+    spec.latency_ms[r] = static_cast<uint16_t>(std::min(t.latency_ms[r], 10000.0));
+  }
   return spec;
 }
 
@@ -222,7 +226,8 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
   s.wait_max = waits.empty() ? 0 : *std::max_element(waits.begin(), waits.end());
   s.players_per_s = s.players / (measure_to_s - measure_from_s);
 
-  std::vector<double> gaps, spreads, slot_means, slot_maxes;
+  std::vector<double> gaps, spreads, slot_means, slot_maxes, latencies;
+  int placed_players = 0, in_best_region = 0;
   int fair = 0, two_team = 0, within_5 = 0;
   bool one_v_one = true;
   std::vector<double> a, b;
@@ -252,6 +257,18 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
       means.push_back(n ? sum / n : 0);
     }
     spreads.push_back(hi - lo);
+    if (m.region >= 0) {
+      for (const auto& team : m.teams) {
+        for (int i : team) {
+          const std::vector<double>& l = tickets[i].latency_ms;
+          for (int k = 0; k < tickets[i].party_size(); ++k) latencies.push_back(l[m.region]);
+          placed_players += tickets[i].party_size();
+          if (l[m.region] <= *std::min_element(l.begin(), l.end())) {
+            in_best_region += tickets[i].party_size();
+          }
+        }
+      }
+    }
     if (m.teams.size() != 2) {
       one_v_one = false;
       continue;
@@ -285,6 +302,9 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
   s.slot_delta_mean = Mean(slot_means);
   s.slot_delta_max_p99 = Quantile(slot_maxes, 0.99);
   s.fair_share = two_team ? double(fair) / two_team : 0;
+  s.latency_mean = Mean(latencies);
+  s.latency_p99 = Quantile(latencies, 0.99);
+  s.best_region_share = placed_players ? double(in_best_region) / placed_players : 0;
   s.k = (one_v_one ? s.gap_mean : s.spread_mean) * s.wait_mean * s.players_per_s;
 
   // Tail fairness: the 1 % of matched players at either end of the ratings.

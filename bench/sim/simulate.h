@@ -37,6 +37,7 @@ enum class Outcome : uint8_t { kWaiting, kMatched, kAbandoned, kExpired };
 struct SimMatch {
   double formed_s = 0;
   std::vector<std::vector<int>> teams;
+  int region = -1;  // with latency rules: where the match is placed
 };
 
 struct SimResult {
@@ -79,6 +80,10 @@ struct Summary {
   double k = 0;
   // p99 wait of the 1 % highest and 1 % lowest rated measured players.
   double wait_p99_top1 = 0, wait_p99_bottom1 = 0;
+  // Placed matches: each player's latency in the match's region (ms), and
+  // the share of players whose region there is their best one.
+  double latency_mean = 0, latency_p99 = 0;
+  double best_region_share = 0;
 };
 
 Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result,

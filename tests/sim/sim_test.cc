@@ -195,6 +195,23 @@ TEST(SimulateTest, BatchPairsSortedNeighboursAtEachTick) {
   EXPECT_EQ(r.outcome[4], Outcome::kExpired);  // alone until its max wait
 }
 
+TEST(SimulateTest, MatchesArePlacedAndTheirLatencyMeasured) {
+  AlgorithmSpec spec = OneVersusOne(1000, 0);
+  spec.rules.region_count = 2;
+  spec.rules.max_latency_ms = 60;
+  SimTicket a = Solo(1, 0, 1500);
+  a.latency_ms = {20, 50};
+  SimTicket b = Solo(2, 1, 1500);
+  b.latency_ms = {90, 40};
+  const std::vector<SimTicket> stream = {a, b};
+  SimResult r = Simulate(stream, spec);
+  ASSERT_EQ(r.matches.size(), 1u);
+  EXPECT_EQ(r.matches[0].region, 1);  // the only region within 60 ms for both
+  const Summary s = Summarize(stream, r, 0, 10);
+  EXPECT_DOUBLE_EQ(s.latency_mean, 45);
+  EXPECT_DOUBLE_EQ(s.best_region_share, 0.5);  // b's best is region 1, a's is region 0
+}
+
 TEST(SimulateTest, SameSeedSameMatches) {
   WorkloadOptions options;
   options.rate = 20;
