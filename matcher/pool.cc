@@ -85,6 +85,17 @@ absl::Status ValidateRules(const QueueRules& rules) {
   if (rules.max_wait <= absl::ZeroDuration()) {
     return invalid("max_wait must be > 0, got ", absl::FormatDuration(rules.max_wait));
   }
+  if (rules.min_players != 0) {
+    // At least two players, and at least one per team in a team mode.
+    const int least = rules.team_size == 1 ? 2 : rules.team_count;
+    if (rules.min_players < least || rules.min_players >= rules.players_per_match()) {
+      return invalid("min_players must be 0 (full matches only) or in ", least, "..",
+                     rules.players_per_match() - 1, ", got ", rules.min_players);
+    }
+    if (rules.partial_after < absl::ZeroDuration()) {
+      return invalid("partial_after must be >= 0, got ", absl::FormatDuration(rules.partial_after));
+    }
+  }
   if (rules.region_count < 0 || rules.region_count > QueueRules::kMaxRegions) {
     return invalid("region_count must be in 0..", QueueRules::kMaxRegions, ", got ",
                    rules.region_count);
@@ -170,7 +181,13 @@ struct Pool::Impl {
     }
   };
 
-  Impl(const QueueRules& r, PoolListener* l) : rules(r), listener(l), need(r.players_per_match()) {}
+  Impl(const QueueRules& r, PoolListener* l)
+      : rules(r),
+        listener(l),
+        full_need(r.players_per_match()),
+        teams(r.team_count),
+        team_size(r.team_size),
+        need(full_need) {}
 
   // Pool helpers.
   void Erase(TicketKey key);
@@ -184,7 +201,13 @@ struct Pool::Impl {
   int LivePlayersAt(absl::Time now) const;
 
   // Candidate group.
+  // The anchor's best group now: a full match, else (QueueRules::min_players)
+  // the largest acceptable partial lobby. Leaves the group and its shape in
+  // the scratch state for Commit.
   Evaluation Evaluate(const Ticket& anchor, absl::Time now, int live_players);
+  void SetShape(int shape_teams, int shape_size);
+  // The best group of the current shape over the regions.
+  Evaluation EvaluateRegions(const Ticket& anchor, absl::Time now, int live_players);
   // The anchor's group among the tickets that can play in `region` within
   // `limit` ms (-1: no latency rules).
   Evaluation EvaluateIn(const Ticket& anchor, absl::Time now, int live_players, int region,
@@ -213,7 +236,12 @@ struct Pool::Impl {
 
   const QueueRules rules;
   PoolListener* const listener;
-  const int need;  // players per match
+  const int full_need;  // players in a full match
+  // The shape of the match being gathered: the full one, or a partial lobby
+  // (QueueRules::min_players). Set by Evaluate; Commit uses it.
+  int teams;
+  int team_size;
+  int need;  // teams * team_size
 
   // unordered_map nodes are stable, so the indexes may point into it.
   std::unordered_map<TicketKey, Ticket> tickets;
@@ -332,13 +360,13 @@ void Pool::Impl::MarkChanged(RatingPos first, RatingPos last, const TicketSpec* 
   // Marks the ticket at `it`; true when the walk has gone far enough.
   auto visit = [&](const auto& entry) {
     MarkDue(tickets.at(std::get<2>(entry.first)), next_process);
-    if (!by_region) return ++passed[0] >= need;
+    if (!by_region) return ++passed[0] >= full_need;
     bool done = true;
     for (int r = 0; r < rules.region_count; ++r) {
       const uint16_t own = changed->latency_ms[r];
       if (own == TicketSpec::kUnreachable) continue;
       if (entry.second->spec.latency_ms[r] <= own) ++passed[r];
-      done = done && passed[r] >= need;
+      done = done && passed[r] >= full_need;
     }
     return done;
   };
@@ -408,7 +436,7 @@ int Pool::Impl::LivePlayersAt(absl::Time now) const {
 void Pool::Impl::ResetGroup() {
   group.clear();
   group_players = 0;
-  bin_load.assign(rules.team_count, 0);
+  bin_load.assign(teams, 0);
   size_failed.assign(rules.max_party_size + 1, 0);
   any_size_failed = false;
 }
@@ -424,8 +452,8 @@ bool Pool::Impl::TryAdd(const TicketSpec& spec) {
   if (size > 1) {
     // Fast path: best fit into the current packing.
     int best = -1;
-    for (int b = 0; b < rules.team_count; ++b) {
-      if (bin_load[b] + size <= rules.team_size && (best < 0 || bin_load[b] > bin_load[best])) {
+    for (int b = 0; b < teams; ++b) {
+      if (bin_load[b] + size <= team_size && (best < 0 || bin_load[b] > bin_load[best])) {
         best = b;
       }
     }
@@ -441,7 +469,7 @@ bool Pool::Impl::TryAdd(const TicketSpec& spec) {
       std::stable_sort(pack_items.begin(), pack_items.end(),
                        [&](int a, int b) { return group[a].party_size > group[b].party_size; });
       pack_bins.assign(pack_items.size(), -1);
-      pack_loads.assign(rules.team_count, 0);
+      pack_loads.assign(teams, 0);
       int budget = kPackSearchBudget;
       if (!PackSearch(0, &budget)) {
         group.pop_back();
@@ -469,9 +497,9 @@ bool Pool::Impl::PackSearch(size_t item, int* budget) {
   if (item == pack_items.size()) return true;
   if (--*budget < 0) return false;
   const int size = group[pack_items[item]].party_size;
-  for (int b = 0; b < rules.team_count; ++b) {
+  for (int b = 0; b < teams; ++b) {
     const int load = pack_loads[b];
-    if (load + size > rules.team_size) continue;
+    if (load + size > team_size) continue;
     // Teams with equal loads are interchangeable for the rest of the search
     // (items come largest first), so try only the first of them.
     bool seen = false;
@@ -488,6 +516,40 @@ bool Pool::Impl::PackSearch(size_t item, int* budget) {
 
 Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor, absl::Time now,
                                             int live_players) {
+  SetShape(rules.team_count, rules.team_size);
+  Evaluation full = EvaluateRegions(anchor, now, live_players);
+  if (full.outcome == Outcome::kAccepted || rules.min_players == 0) return full;
+  // Partial lobbies, once the anchor has waited long enough: the largest
+  // smaller shape that is acceptable now.
+  const absl::Time partial_from = anchor.spec.enqueued_at + rules.partial_after;
+  if (now < partial_from) {
+    full.admit_at = std::min(full.admit_at, partial_from);
+    return full;
+  }
+  absl::Time soonest = absl::InfiniteFuture();
+  const bool fewer_teams = rules.team_size == 1;
+  for (int k = (fewer_teams ? rules.team_count : rules.team_size) - 1; k >= 1; --k) {
+    const int shape_teams = fewer_teams ? k : rules.team_count;
+    const int shape_size = fewer_teams ? 1 : k;
+    if (shape_teams * shape_size < rules.min_players) break;
+    SetShape(shape_teams, shape_size);
+    Evaluation partial = EvaluateRegions(anchor, now, live_players);
+    if (partial.outcome == Outcome::kAccepted) return partial;
+    soonest = std::min(soonest, partial.RetryAt().value_or(absl::InfiniteFuture()));
+  }
+  SetShape(rules.team_count, rules.team_size);
+  full.admit_at = std::min(full.admit_at, soonest);
+  return full;
+}
+
+void Pool::Impl::SetShape(int shape_teams, int shape_size) {
+  teams = shape_teams;
+  team_size = shape_size;
+  need = shape_teams * shape_size;
+}
+
+Pool::Impl::Evaluation Pool::Impl::EvaluateRegions(const Ticket& anchor, absl::Time now,
+                                                   int live_players) {
   if (rules.region_count == 0) return EvaluateIn(anchor, now, live_players, -1, 0);
   // One group per region the anchor can play in now; the best is gathered
   // again at the end, so that the scratch group is the one returned.
@@ -766,7 +828,7 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
   }
 
   SplitTeams();
-  match.teams.resize(rules.team_count);
+  match.teams.resize(teams);
   for (auto& team : match.teams) team.clear();
   // Order inside a team: larger parties first, then by key.
   split_order.resize(group.size());
@@ -790,18 +852,18 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
 // Highest minus lowest team mean rating under `assignment` (team per group
 // index).
 double Pool::Impl::TeamGap(const std::vector<int>& assignment) {
-  team_sum.assign(rules.team_count, 0);
+  team_sum.assign(teams, 0);
   for (size_t i = 0; i < group.size(); ++i) {
     team_sum[assignment[i]] += group[i].rating * group[i].party_size;
   }
   const auto [lo, hi] = std::minmax_element(team_sum.begin(), team_sum.end());
-  return (*hi - *lo) / rules.team_size;
+  return (*hi - *lo) / team_size;
 }
 
 // Fills split_assign with a team per group member.
 void Pool::Impl::SplitTeams() {
   split_assign.assign(group.size(), -1);
-  if (rules.team_count == 1) {
+  if (teams == 1) {
     std::fill(split_assign.begin(), split_assign.end(), 0);
     return;
   }
@@ -821,7 +883,7 @@ void Pool::Impl::SplitTeams() {
     return x.key < y.key;
   });
   if (group.size() <= kExactSplitMaxTickets) {
-    team_load.assign(rules.team_count, 0);
+    team_load.assign(teams, 0);
     split_best_gap = kInfinity;
     SplitExact(0);
     split_assign = split_best;
@@ -842,8 +904,8 @@ void Pool::Impl::SplitExact(size_t index) {
   if (split_best_gap == 0) return;
   const Member& m = group[split_order[index]];
   bool tried_empty = false;
-  for (int t = 0; t < rules.team_count; ++t) {
-    if (team_load[t] + m.party_size > rules.team_size) continue;
+  for (int t = 0; t < teams; ++t) {
+    if (team_load[t] + m.party_size > team_size) continue;
     // Empty teams are interchangeable: trying one covers them all.
     if (team_load[t] == 0) {
       if (tried_empty) continue;
@@ -857,13 +919,13 @@ void Pool::Impl::SplitExact(size_t index) {
 }
 
 void Pool::Impl::SplitGreedy() {
-  team_load.assign(rules.team_count, 0);
-  team_sum.assign(rules.team_count, 0);
+  team_load.assign(teams, 0);
+  team_sum.assign(teams, 0);
   for (int i : split_order) {
     const Member& m = group[i];
     int best = -1;
-    for (int t = 0; t < rules.team_count; ++t) {
-      if (team_load[t] + m.party_size <= rules.team_size &&
+    for (int t = 0; t < teams; ++t) {
+      if (team_load[t] + m.party_size <= team_size &&
           (best < 0 || team_sum[t] < team_sum[best])) {
         best = t;
       }
@@ -884,8 +946,8 @@ void Pool::Impl::SplitGreedy() {
 // fill the open slots: into the lowest rating sum if `by_rating_sum` (highest
 // rating first), else the first team with room in group order.
 void Pool::Impl::SplitFromPacking(bool by_rating_sum) {
-  team_load.assign(rules.team_count, 0);
-  team_sum.assign(rules.team_count, 0);
+  team_load.assign(teams, 0);
+  team_sum.assign(teams, 0);
   for (size_t i = 0; i < group.size(); ++i) {
     const Member& m = group[i];
     if (m.party_size == 1) continue;
@@ -903,8 +965,8 @@ void Pool::Impl::SplitFromPacking(bool by_rating_sum) {
   }
   for (int i : split_order) {
     int best = -1;
-    for (int t = 0; t < rules.team_count; ++t) {
-      if (team_load[t] >= rules.team_size) continue;
+    for (int t = 0; t < teams; ++t) {
+      if (team_load[t] >= team_size) continue;
       if (best < 0) {
         best = t;
         if (!by_rating_sum) break;

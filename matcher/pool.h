@@ -54,6 +54,14 @@ struct QueueRules {
   enum class WaitBasis { kMeanWait, kYoungestWait };
   WaitBasis wait_basis = WaitBasis::kMeanWait;
 
+  // Partial lobbies (min_players 0: full matches only). Once a ticket has
+  // waited partial_after, its group may start with fewer players, at least
+  // min_players: a free-for-all (team_size 1) with fewer teams, a team mode
+  // with every team the same number of players short. The largest shape
+  // acceptable wins.
+  int min_players = 0;
+  absl::Duration partial_after = absl::Seconds(30);
+
   // Placement by latency (region_count 0: none). A match is placed in one of
   // the regions where every ticket's latency is within
   //   limit(wait) = min(max_latency_ms + latency_widen_per_second * wait, latency_cap_ms)

@@ -1,5 +1,6 @@
 #include "service/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -102,6 +103,11 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
     r.max_latency_ms = l.max_ms();
     r.latency_widen_per_second = l.widen_ms_per_second();
     r.latency_cap_ms = l.cap_ms();
+  }
+  r.min_players = static_cast<int>(std::min<uint32_t>(q.min_players(), 1u << 20));
+  if (q.has_partial_after()) {
+    if (q.min_players() == 0) return invalid("partial_after needs min_players");
+    r.partial_after = FromProto(q.partial_after());
   }
   if (q.match_attributes_size() > 8) return invalid("match_attributes: at most 8 keys");
   std::set<std::string> attribute_keys;

@@ -66,6 +66,12 @@ QueueRules Unrated(int team_count, int team_size, int max_party_size) {
   return rules;
 }
 
+QueueRules Partial(QueueRules rules, int min_players, absl::Duration after) {
+  rules.min_players = min_players;
+  rules.partial_after = after;
+  return rules;
+}
+
 // Sorted keys of every team, teams sorted: compares matches regardless of
 // team order.
 std::vector<std::vector<TicketKey>> Normalized(const FormedMatch& match) {
@@ -129,6 +135,9 @@ TEST(ValidateRulesTest, NamesTheOffendingField) {
   QueueRules no_wait = Rated(2, 1, 1, 0, 0);
   no_wait.max_wait = absl::ZeroDuration();
   cases.push_back({no_wait, "max_wait"});
+  cases.push_back({Partial(Rated(8, 1, 1, 0, 0), 1, absl::ZeroDuration()), "min_players"});
+  cases.push_back({Partial(Rated(2, 5, 5, 0, 0), 10, absl::ZeroDuration()), "min_players"});
+  cases.push_back({Partial(Rated(2, 5, 5, 0, 0), 8, absl::Seconds(-1)), "partial_after"});
   QueueRules regions = Rated(2, 1, 1, 0, 0);
   regions.region_count = QueueRules::kMaxRegions + 1;
   cases.push_back({regions, "region_count"});
@@ -396,6 +405,54 @@ TEST(PoolTest, FreeForAllWithRegionsFillsFromOneRegion) {
   ASSERT_EQ(listener.matches.size(), 1u);
   EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(1, 3, 4, 5));
   EXPECT_EQ(listener.matches[0].region, 0);
+}
+
+TEST(PoolTest, FreeForAllStartsWithFewerTeamsAfterPartialAfter) {
+  RecordingListener listener;
+  Pool pool(Partial(Unrated(8, 1, 1), 4, absl::Seconds(30)), &listener);
+  for (TicketKey key = 1; key <= 5; ++key) {
+    ASSERT_TRUE(pool.Add(Ticket(key, 0, kT0 + absl::Seconds(key))).ok());
+  }
+  pool.Process(kT0 + absl::Seconds(5));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  // The oldest ticket's partial_after ends first.
+  EXPECT_EQ(pool.NextWakeup(), kT0 + absl::Seconds(31));
+  pool.Process(kT0 + absl::Seconds(31) - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(kT0 + absl::Seconds(31));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].teams.size(), 5u);
+  EXPECT_EQ(AllKeys(listener.matches[0]).size(), 5u);
+}
+
+TEST(PoolTest, TeamModeStartsWithEqualTeamsShortOfPlayers) {
+  RecordingListener listener;
+  // 5v5 that may start as 4v4 (min 8 players) after 20 s.
+  Pool pool(Partial(Rated(2, 5, 5, 1000, 0), 8, absl::Seconds(20)), &listener);
+  for (TicketKey key = 1; key <= 9; ++key) {
+    ASSERT_TRUE(pool.Add(Ticket(key, 1500 + key, kT0)).ok());
+  }
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.Explain(1, kT0).blocker, Blocker::kNotEnoughPlayers);
+  pool.Process(kT0 + absl::Seconds(20));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  ASSERT_EQ(listener.matches[0].teams.size(), 2u);
+  EXPECT_EQ(listener.matches[0].teams[0].size(), 4u);
+  EXPECT_EQ(listener.matches[0].teams[1].size(), 4u);
+  EXPECT_EQ(pool.tickets_waiting(), 1u);
+}
+
+TEST(PoolTest, FullMatchIsPreferredOverAPartialOne) {
+  RecordingListener listener;
+  Pool pool(Partial(Rated(2, 5, 5, 1000, 0), 6, absl::ZeroDuration()), &listener);
+  for (TicketKey key = 1; key <= 9; ++key) {
+    ASSERT_TRUE(pool.Add(Ticket(key, 1500, kT0)).ok());
+  }
+  ASSERT_TRUE(pool.Add(Ticket(10, 1500, kT0)).ok());
+  pool.Process(kT0);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(AllKeys(listener.matches[0]).size(), 10u);
 }
 
 TEST(PoolTest, OldestAnchorPicksItsNearestPartnerFirst) {
@@ -827,7 +884,13 @@ class Simulation : public PoolListener {
   }
   void OnMatched(const FormedMatch& match) override {
     EXPECT_EQ(match.formed_at, now_);
-    EXPECT_EQ(static_cast<int>(match.teams.size()), rules_.team_count);
+    // A full match, or a partial lobby: fewer teams of one, or equal teams.
+    const bool fewer_teams = rules_.team_size == 1 && rules_.min_players > 0;
+    if (!fewer_teams) {
+      EXPECT_EQ(static_cast<int>(match.teams.size()), rules_.team_count);
+    }
+    EXPECT_LE(static_cast<int>(match.teams.size()), rules_.team_count);
+    int team_players = -1;
     double lo = std::numeric_limits<double>::infinity();
     double hi = -lo;
     absl::Duration sum_wait;
@@ -847,8 +910,16 @@ class Simulation : public PoolListener {
         waiting_.erase(key);
         EXPECT_TRUE(matched_.insert(key).second) << "matched twice: " << key;
       }
-      EXPECT_EQ(players, rules_.team_size);
+      if (rules_.min_players == 0) {
+        EXPECT_EQ(players, rules_.team_size);
+      }
+      if (team_players >= 0) {
+        EXPECT_EQ(players, team_players);
+      }
+      team_players = players;
     }
+    EXPECT_GE(team_players * static_cast<int>(match.teams.size()),
+              rules_.min_players > 0 ? rules_.min_players : rules_.players_per_match());
     EXPECT_EQ(match.mean_wait, sum_wait / tickets);
     // One partition; with regions, every member within the limit there.
     const uint64_t partition = specs_.at(match.teams[0][0]).partition;
@@ -1043,7 +1114,11 @@ INSTANTIATE_TEST_SUITE_P(
                       SimulationCase{"Rated1v1RegionsPartitions",
                                      WithRegions(Rated(2, 1, 1, 50, 5, 400), 40, 10)},
                       SimulationCase{"UnratedRegionsPartitions",
-                                     WithRegions(Unrated(4, 1, 1), 50, 5, 120)}),
+                                     WithRegions(Unrated(4, 1, 1), 50, 5, 120)},
+                      SimulationCase{"RatedFreeForAll8Partial",
+                                     Partial(Rated(8, 1, 1, 200, 20, 0), 4, absl::Seconds(20))},
+                      SimulationCase{"Rated5v5PartiesPartial",
+                                     Partial(Rated(2, 5, 5, 100, 10, 600), 6, absl::Seconds(15))}),
     [](const ::testing::TestParamInfo<SimulationCase>& info) { return info.param.name; });
 
 }  // namespace

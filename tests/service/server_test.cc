@@ -521,7 +521,7 @@ TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
   grpc::ClientContext ctx;
   mm::ListQueuesResponse response;
   ASSERT_TRUE(ts.stub().ListQueues(&ctx, mm::ListQueuesRequest(), &response).ok());
-  ASSERT_EQ(response.queues_size(), 5);
+  ASSERT_EQ(response.queues_size(), 6);
   const mm::QueueInfo& squad = response.queues(2);
   EXPECT_EQ(squad.name(), "squad");
   EXPECT_EQ(squad.team_count(), 2u);
@@ -630,6 +630,23 @@ TEST(ServerTest, RegionalQueueRejectsPlayersItCannotPlace) {
                  "at least one same region");
 }
 
+TEST(ServerTest, FreeForAllStartsPartialAfterItsWait) {
+  TestServer ts;
+  std::vector<std::unique_ptr<EventStream>> players;
+  for (const char* id : {"p1", "p2", "p3"}) {
+    players.push_back(EventStream::Find(ts.stub(), "brawl", {MakePlayer(id)}));
+    ASSERT_TRUE(players.back()->Expect().has_queued());
+  }
+  ts.Advance(absl::Seconds(5));
+  for (auto& p : players) ASSERT_TRUE(p->Expect().has_searching());
+  ts.Advance(absl::Seconds(5));  // partialAfter: 10s
+  for (auto& p : players) {
+    mm::MatchEvent ev = p->Expect();
+    ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+    EXPECT_EQ(ev.matched().match().teams_size(), 3);
+  }
+}
+
 TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
   auto error = [](const std::string& queue_json) {
     auto parsed = ParseConfig(R"({"queues": [)" + queue_json + "]}");
@@ -645,6 +662,12 @@ TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
               HasSubstr("latency.max_ms must be a finite number > 0"));
   EXPECT_THAT(error("{" + base + R"(, "latency": {"regions": ["eu"], "maxMs": 50, "capMs": 10}})"),
               HasSubstr("latency.cap_ms must be 0 (no cap) or >= latency.max_ms"));
+  EXPECT_EQ(error(R"({"name": "q", "teamCount": 8, "teamSize": 1, "minPlayers": 4,
+                      "partialAfter": "20s"})"),
+            "ok");
+  EXPECT_THAT(error("{" + base + R"(, "minPlayers": 2})"), HasSubstr("min_players must be 0"));
+  EXPECT_THAT(error("{" + base + R"(, "partialAfter": "20s"})"),
+              HasSubstr("partial_after needs min_players"));
   EXPECT_THAT(error("{" + base + R"(, "matchAttributes": ["mode", "mode"]})"),
               HasSubstr("\"mode\" is listed twice"));
 }

@@ -25,7 +25,9 @@ const char kTestConfig[] = R"json({
     {"name": "regional", "teamCount": 2, "teamSize": 2, "maxPartySize": 2,
      "rating": {"initialWindow": 1000}, "maxWait": "60s",
      "latency": {"regions": ["eu", "us"], "maxMs": 50, "widenMsPerSecond": 5, "capMs": 150},
-     "matchAttributes": ["mode"]}
+     "matchAttributes": ["mode"]},
+    {"name": "brawl", "teamCount": 4, "teamSize": 1, "maxWait": "60s",
+     "minPlayers": 2, "partialAfter": "10s"}
   ]
 })json";
 
