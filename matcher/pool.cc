@@ -152,6 +152,7 @@ struct Pool::Impl {
     absl::Time enqueued_at;
     int bin;  // team in the feasibility packing; parties of 2+ only
     uint16_t latency;  // in the evaluated region; 0 without latency rules
+    const TicketSpec* spec;  // valid while the group is evaluated
   };
 
   enum class Outcome { kNoGroup, kRejected, kAccepted };
@@ -159,6 +160,7 @@ struct Pool::Impl {
     Outcome outcome = Outcome::kNoGroup;
     Blocker blocker = Blocker::kNotEnoughPlayers;  // for kNoGroup and kRejected
     double spread = 0;
+    double penalty = 0;  // the custom rule's, added to the spread when judged
     // The group's lowest and highest places in rating order.
     RatingPos lowest;
     RatingPos highest;
@@ -275,6 +277,7 @@ struct Pool::Impl {
   std::vector<double> team_sum;
   double split_best_gap = 0;
   std::vector<TicketKey> withdrawn;
+  std::vector<const TicketSpec*> group_specs;  // for CustomRule::Penalty
   FormedMatch match;
 };
 
@@ -448,7 +451,7 @@ bool Pool::Impl::TryAdd(const TicketSpec& spec) {
   const int size = spec.party_size;
   if (size > need - group_players || size_failed[size]) return false;
   group.push_back({spec.key, size, spec.rating, spec.enqueued_at, -1,
-                   eval_region >= 0 ? spec.latency_ms[eval_region] : uint16_t{0}});
+                   eval_region >= 0 ? spec.latency_ms[eval_region] : uint16_t{0}, &spec});
   if (size > 1) {
     // Fast path: best fit into the current packing.
     int best = -1;
@@ -634,7 +637,9 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     if (spec.expires_at <= now) return false;
     unvisited -= spec.party_size;
     seen += spec.party_size;
-    if (region >= 0 && spec.latency_ms[region] > limit) {
+    if (rules.custom_rule != nullptr && !rules.custom_rule->Compatible(anchor.spec, spec)) {
+      // Kept apart by the studio's rule: as if not there.
+    } else if (region >= 0 && spec.latency_ms[region] > limit) {
       if (spec.latency_ms[region] != TicketSpec::kUnreachable) {
         kept_out += spec.party_size;
         nearest_kept_out = std::min<double>(nearest_kept_out, spec.latency_ms[region]);
@@ -707,18 +712,26 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     result.worst_latency = std::max<double>(result.worst_latency, m.latency);
   }
   result.spread = rules.rated ? std::get<1>(result.highest) - std::get<1>(result.lowest) : 0;
+  if (rules.rated && rules.custom_rule != nullptr) {
+    group_specs.clear();
+    for (const Member& m : group) group_specs.push_back(m.spec);
+    result.penalty = rules.custom_rule->Penalty(group_specs);
+    if (!(result.penalty >= 0) || !std::isfinite(result.penalty)) result.penalty = 0;
+  }
+  const double judged = result.spread + result.penalty;
   result.mean_wait = sum_wait / static_cast<int64_t>(group.size());
   const bool by_mean = rules.wait_basis == QueueRules::WaitBasis::kMeanWait;
   const absl::Duration basis_sum = by_mean ? sum_wait : min_wait;
   const int64_t divisor = by_mean ? static_cast<int64_t>(group.size()) : 1;
-  if (AcceptedAt(result.spread, result.worst_latency, basis_sum, divisor, 0)) {
+  if (AcceptedAt(judged, result.worst_latency, basis_sum, divisor, 0)) {
     result.outcome = Outcome::kAccepted;
   } else {
     result.outcome = Outcome::kRejected;
-    result.blocker = result.spread > rules.WindowAt((basis_sum) / divisor) ? Blocker::kRatingSpread
-                                                                            : Blocker::kLatency;
-    result.acceptable_at =
-        AcceptableAt(result.spread, result.worst_latency, basis_sum, divisor, now);
+    const double window = rules.WindowAt(basis_sum / divisor);
+    result.blocker = result.spread > window ? Blocker::kRatingSpread
+                     : judged > window      ? Blocker::kCustomRule
+                                            : Blocker::kLatency;
+    result.acceptable_at = AcceptableAt(judged, result.worst_latency, basis_sum, divisor, now);
   }
   return result;
 }
@@ -1117,6 +1130,7 @@ Explanation Pool::Explain(TicketKey key, absl::Time now) const {
     case Impl::Outcome::kRejected:
       explanation.blocker = evaluation.blocker;
       explanation.best_spread = evaluation.spread;
+      explanation.penalty = evaluation.penalty;
       explanation.acceptable_at = evaluation.acceptable_at;
       break;
     case Impl::Outcome::kAccepted:

@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "matcher/custom_rule.h"
 
 namespace matchd::matcher {
 
@@ -73,6 +74,9 @@ struct QueueRules {
   double latency_widen_per_second = 0;
   double latency_cap_ms = 0;  // 0: no cap
 
+  // A studio's own rule (matcher/custom_rule.h); null for none.
+  std::shared_ptr<const CustomRule> custom_rule;
+
   static constexpr int kMaxPlayersPerMatch = 200;
 
   int players_per_match() const { return team_count * team_size; }
@@ -96,6 +100,8 @@ struct TicketSpec {
   absl::Time enqueued_at;
   // When the ticket leaves through OnExpired if still waiting.
   absl::Time expires_at = absl::InfiniteFuture();
+  // The custom rule's data for this ticket (CustomRule::TicketData).
+  uint64_t custom = 0;
   // Tickets only ever meet tickets of the same partition. The server derives
   // it from the queue's match attributes (equal values, equal partition).
   uint64_t partition = 0;
@@ -134,6 +140,7 @@ enum class Blocker {
   kRatingSpread,      // enough players, but the closest group is wider than the window
   kTeamPacking,       // enough players, but the parties do not fill the teams
   kLatency,           // near in rating, but no region serves them all within the limit
+  kCustomRule,        // the custom rule's penalty keeps the group over the window
 };
 
 struct Explanation {
@@ -142,7 +149,8 @@ struct Explanation {
   int players_waiting = 0;   // in the whole pool
   int players_needed = 0;    // players_per_match
   Blocker blocker = Blocker::kNotEnoughPlayers;
-  double best_spread = 0;    // kRatingSpread: spread of the closest full group
+  double best_spread = 0;    // kRatingSpread, kCustomRule: spread of the closest full group
+  double penalty = 0;        // kCustomRule: what the rule adds to that spread
   // kLatency: the best region for the closest group, its worst latency and
   // the limit now (ms).
   int region = -1;

@@ -176,6 +176,7 @@ void HandleListQueues(Runtime* rt, const mm::ListQueuesRequest& /*request*/,
     *info->mutable_max_wait() = ToProtoDuration(s.rules.max_wait);
     for (const std::string& region : s.regions) info->add_regions(region);
     for (const std::string& key : s.match_attributes) info->add_match_attributes(key);
+    if (s.rules.custom_rule != nullptr) info->set_custom_rule(std::string(s.rules.custom_rule->name()));
     info->set_tickets_waiting(queue->tickets_waiting());
     info->set_players_waiting(queue->players_waiting());
     info->set_matches_formed(queue->matches_formed());

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -117,6 +118,13 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
       return invalid(absl::StrCat("match_attributes: \"", key, "\" is listed twice"));
     }
     s.match_attributes.push_back(key);
+  }
+  if (q.has_custom_rule()) {
+    std::map<std::string, std::string> params(q.custom_rule().params().begin(),
+                                              q.custom_rule().params().end());
+    auto rule = matcher::CustomRuleRegistry::Global().Make(q.custom_rule().name(), params);
+    if (!rule.ok()) return invalid(absl::StrCat("custom_rule: ", rule.status().message()));
+    r.custom_rule = *std::move(rule);
   }
   if (absl::Status st = matcher::ValidateRules(r); !st.ok()) {
     return invalid(st.message());

@@ -39,6 +39,7 @@ struct QueueRuntime::Ticket {
   double rating = 0;
   std::array<uint16_t, matcher::QueueRules::kMaxRegions> latency_ms;  // per region of the queue
   std::string partition_key;  // see PartitionKey; empty without match attributes
+  uint64_t custom = 0;        // the custom rule's data (CustomRule::TicketData)
   uint64_t partition = 0;
   absl::Time created;  // the original enqueue time, kept across re-attach
   absl::Time expires;  // the queue's maximum wait or the caller's deadline
@@ -126,6 +127,17 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
                                                  "\" is already waiting in queue \"",
                                                  settings_.name, "\" (ticket ", holder.id, ")"));
   }
+  // The custom rule's data first: a refused party takes no capacity.
+  uint64_t custom = 0;
+  if (settings_.rules.custom_rule != nullptr) {
+    std::vector<matcher::PlayerAttributes> party;
+    for (const mm::Player& p : players) {
+      party.emplace_back(p.attributes().begin(), p.attributes().end());
+    }
+    absl::StatusOr<uint64_t> data = settings_.rules.custom_rule->TicketData(party);
+    if (!data.ok()) return absl::InvalidArgumentError(data.status().message());
+    custom = *data;
+  }
   if (active_ >= settings_.max_waiting_tickets) {
     return absl::ResourceExhaustedError(
         absl::StrCat("queue \"", settings_.name, "\" is full (", active_,
@@ -146,6 +158,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   t.players = players;
   t.rating = PartyRating(players);
   t.latency_ms = PartyLatency(players, settings_);
+  t.custom = custom;
   if (!settings_.match_attributes.empty()) {
     t.partition_key = PartitionKey(players, settings_);
     t.partition = AcquirePartition(t.partition_key);
@@ -302,6 +315,7 @@ matcher::TicketSpec QueueRuntime::Spec(const Ticket& t) {
   spec.expires_at = t.expires;
   spec.partition = t.partition;
   spec.latency_ms = t.latency_ms;
+  spec.custom = t.custom;
   return spec;
 }
 
@@ -644,6 +658,12 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
   ev.set_seq(++t.seq);
   *ev.mutable_time() = ToProtoTime(now);
   mm::Searching* s = ev.mutable_searching();
+  // Sets the expected wait until `e.acceptable_at`; "about Ns" for the reason.
+  auto expect = [&](const matcher::Explanation& e) {
+    const absl::Duration in = std::max(*e.acceptable_at - now, absl::ZeroDuration());
+    *s->mutable_expected_wait() = ToProtoDuration(in);
+    return absl::FormatDuration(absl::Ceil(in, absl::Seconds(1)));
+  };
   const matcher::Explanation e = pool_.Explain(t.key, now);
   *s->mutable_waited() = ToProtoDuration(e.waited);
   s->set_rating_window(settings_.rules.rated ? e.window : 0);
@@ -666,13 +686,11 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
       s->set_blocked_by(mm::Searching::LATENCY);
       const std::string region = e.region >= 0 ? settings_.regions[e.region] : "any region";
       if (e.acceptable_at.has_value()) {
-        const absl::Duration in = std::max(*e.acceptable_at - now, absl::ZeroDuration());
-        *s->mutable_expected_wait() = ToProtoDuration(in);
         s->set_reason(absl::StrFormat(
             "the closest group's best region is %s with a worst latency of %.0f ms; the limit "
             "is %.0f ms now and covers it in about %s",
             region, e.worst_latency_ms, e.latency_limit_ms,
-            absl::FormatDuration(absl::Ceil(in, absl::Seconds(1)))));
+            expect(e)));
       } else {
         s->set_reason(absl::StrFormat(
             "the closest group's best region is %s with a worst latency of %.0f ms, more than "
@@ -681,15 +699,30 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
       }
       break;
     }
+    case matcher::Blocker::kCustomRule: {
+      s->set_blocked_by(mm::Searching::CUSTOM_RULE);
+      const std::string rule(settings_.rules.custom_rule->name());
+      if (e.acceptable_at.has_value()) {
+        s->set_reason(absl::StrFormat(
+            "the closest group spans %.0f rating and the %s rule adds %.0f; the window covers "
+            "it in about %s",
+            e.best_spread, rule, e.penalty,
+            expect(e)));
+      } else {
+        s->set_reason(absl::StrFormat(
+            "the closest group spans %.0f rating and the %s rule adds %.0f, more than this "
+            "queue accepts; waiting for other players",
+            e.best_spread, rule, e.penalty));
+      }
+      break;
+    }
     case matcher::Blocker::kRatingSpread:
       s->set_blocked_by(mm::Searching::RATING_SPREAD);
       if (e.acceptable_at.has_value()) {
-        const absl::Duration in = std::max(*e.acceptable_at - now, absl::ZeroDuration());
-        *s->mutable_expected_wait() = ToProtoDuration(in);
         s->set_reason(absl::StrFormat(
             "the closest group spans %.0f rating; the window at the group's mean wait covers "
             "it in about %s",
-            e.best_spread, absl::FormatDuration(absl::Ceil(in, absl::Seconds(1)))));
+            e.best_spread, expect(e)));
       } else {
         s->set_reason(absl::StrFormat(
             "the closest group spans %.0f rating, wider than this queue accepts; waiting for "

@@ -11,6 +11,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "matcher/custom_rule.h"
+#include "matcher/rules/crossplay_rule.h"
 
 namespace matchd::matcher {
 namespace {
@@ -453,6 +455,90 @@ TEST(PoolTest, FullMatchIsPreferredOverAPartialOne) {
   pool.Process(kT0);
   ASSERT_EQ(listener.matches.size(), 1u);
   EXPECT_EQ(AllKeys(listener.matches[0]).size(), 10u);
+}
+
+std::shared_ptr<const CustomRule> Crossplay(std::map<std::string, std::string> params) {
+  auto rule = CustomRuleRegistry::Global().Make("crossplay", params);
+  EXPECT_TRUE(rule.ok()) << rule.status();
+  return rule.ok() ? *rule : nullptr;
+}
+
+TicketSpec WithInput(TicketSpec spec, const CustomRule& rule, std::vector<std::string> inputs) {
+  std::vector<PlayerAttributes> party;
+  for (const std::string& input : inputs) party.push_back({{"input", input}});
+  spec.custom = *rule.TicketData(party);
+  spec.party_size = static_cast<int>(inputs.size());
+  return spec;
+}
+
+TEST(CustomRuleTest, RegistryMakesKnownRulesAndNamesTheProblem) {
+  CustomRuleRegistry& registry = CustomRuleRegistry::Global();
+  EXPECT_THAT(registry.Names(), ::testing::Contains("crossplay"));
+  auto unknown = registry.Make("nope", {});
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("crossplay"));
+  EXPECT_THAT(registry.Make("crossplay", {{"penalty", "-1"}}).status().message(),
+              HasSubstr("penalty must be a number >= 0"));
+  EXPECT_THAT(registry.Make("crossplay", {{"colour", "red"}}).status().message(),
+              HasSubstr("unknown parameter \"colour\""));
+}
+
+TEST(CustomRuleTest, CrossplayTicketDataNamesKindsAndRefusesMissingAttribute) {
+  auto rule = Crossplay({});
+  std::vector<PlayerAttributes> mixed = {{{"input", "mouse"}}, {{"input", "controller"}}};
+  EXPECT_EQ(*rule->TicketData(mixed), CrossplayRule::kFirstKind | CrossplayRule::kOtherKind);
+  std::vector<PlayerAttributes> missing = {{{"input", "mouse"}}, {{"lang", "en"}}};
+  EXPECT_THAT(rule->TicketData(missing).status().message(),
+              HasSubstr("players[1].attributes: this queue needs \"input\""));
+  auto strict = Crossplay({{"allow_mixed", "false"}});
+  EXPECT_EQ(strict->TicketData(mixed).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(PoolTest, CustomRulePenaltyDelaysMixedGroupsUntilTheWindowCoversIt) {
+  RecordingListener listener;
+  QueueRules rules = Rated(2, 1, 1, 50, 10);
+  rules.custom_rule = Crossplay({{"penalty", "100"}});
+  Pool pool(rules, &listener);
+  ASSERT_TRUE(pool.Add(WithInput(Ticket(1, 1500, kT0), *rules.custom_rule, {"mouse"})).ok());
+  ASSERT_TRUE(pool.Add(WithInput(Ticket(2, 1500, kT0), *rules.custom_rule, {"controller"})).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  const Explanation e = pool.Explain(1, kT0 + absl::Seconds(1));
+  EXPECT_EQ(e.blocker, Blocker::kCustomRule);
+  EXPECT_EQ(e.best_spread, 0);
+  EXPECT_EQ(e.penalty, 100);
+  // 50 + 10/s covers 0 + 100 at a mean wait of 5 s.
+  EXPECT_EQ(pool.NextWakeup(), kT0 + absl::Seconds(5));
+  // Same-kind players 40 apart match at once meanwhile.
+  ASSERT_TRUE(pool.Add(WithInput(Ticket(3, 1540, kT0 + absl::Seconds(1)), *rules.custom_rule,
+                                 {"controller"})).ok());
+  pool.Process(kT0 + absl::Seconds(1));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(2, 3));
+  EXPECT_EQ(listener.matches[0].rating_spread, 40);  // the penalty is not a spread
+  ASSERT_TRUE(pool.Add(WithInput(Ticket(4, 1500, kT0 + absl::Seconds(2)), *rules.custom_rule,
+                                 {"controller"})).ok());
+  pool.Process(kT0 + absl::Seconds(2));
+  EXPECT_EQ(listener.matches.size(), 1u);
+  // Mean wait of 1 and 4 reaches 5 s at 6 s.
+  pool.Process(kT0 + absl::Seconds(6));
+  ASSERT_EQ(listener.matches.size(), 2u);
+  EXPECT_THAT(AllKeys(listener.matches[1]), ::testing::UnorderedElementsAre(1, 4));
+}
+
+TEST(PoolTest, CustomRuleCanKeepTicketsApart) {
+  RecordingListener listener;
+  QueueRules rules = Rated(2, 1, 1, 1000, 0);
+  rules.custom_rule = Crossplay({{"allow_mixed", "false"}});
+  Pool pool(rules, &listener);
+  ASSERT_TRUE(pool.Add(WithInput(Ticket(1, 1500, kT0), *rules.custom_rule, {"mouse"})).ok());
+  ASSERT_TRUE(pool.Add(WithInput(Ticket(2, 1500, kT0), *rules.custom_rule, {"controller"})).ok());
+  pool.Process(kT0 + absl::Hours(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  ASSERT_TRUE(pool.Add(WithInput(Ticket(3, 1900, kT0), *rules.custom_rule, {"mouse"})).ok());
+  pool.Process(kT0 + absl::Hours(1));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(1, 3));
 }
 
 TEST(PoolTest, OldestAnchorPicksItsNearestPartnerFirst) {

@@ -521,7 +521,8 @@ TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
   grpc::ClientContext ctx;
   mm::ListQueuesResponse response;
   ASSERT_TRUE(ts.stub().ListQueues(&ctx, mm::ListQueuesRequest(), &response).ok());
-  ASSERT_EQ(response.queues_size(), 6);
+  ASSERT_EQ(response.queues_size(), 7);
+  EXPECT_EQ(response.queues(6).custom_rule(), "crossplay");
   const mm::QueueInfo& squad = response.queues(2);
   EXPECT_EQ(squad.name(), "squad");
   EXPECT_EQ(squad.team_count(), 2u);
@@ -647,6 +648,35 @@ TEST(ServerTest, FreeForAllStartsPartialAfterItsWait) {
   }
 }
 
+mm::Player WithInput(const std::string& id, const std::string& input) {
+  mm::Player p = MakePlayer(id);
+  (*p.mutable_attributes())["input"] = input;
+  return p;
+}
+
+TEST(ServerTest, CustomRuleHoldsMixedGroupsAndExplainsItself) {
+  TestServer ts;
+  auto mouse = EventStream::Find(ts.stub(), "cross", {WithInput("m", "mouse")});
+  ASSERT_TRUE(mouse->Expect().has_queued());
+  auto pad = EventStream::Find(ts.stub(), "cross", {WithInput("c", "controller")});
+  ASSERT_TRUE(pad->Expect().has_queued());
+  ts.Advance(absl::Seconds(5));
+  mm::MatchEvent hb = mouse->Expect();
+  ASSERT_TRUE(hb.has_searching()) << hb.DebugString();
+  EXPECT_EQ(hb.searching().blocked_by(), mm::Searching::CUSTOM_RULE);
+  EXPECT_THAT(hb.searching().reason(), HasSubstr("the crossplay rule adds 150"));
+  // 50 + 10/s covers 0 + 150 at a mean wait of 10 s.
+  EXPECT_EQ(hb.searching().expected_wait().seconds(), 5);
+  ASSERT_TRUE(pad->Expect().has_searching());
+  ts.Advance(absl::Seconds(5));
+  mm::MatchEvent ev = mouse->Expect();
+  ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+
+  grpc::Status s = FindError(ts.stub(), "cross", {MakePlayer("x")});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("this queue needs \"input\""));
+}
+
 TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
   auto error = [](const std::string& queue_json) {
     auto parsed = ParseConfig(R"({"queues": [)" + queue_json + "]}");
@@ -668,6 +698,11 @@ TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
   EXPECT_THAT(error("{" + base + R"(, "minPlayers": 2})"), HasSubstr("min_players must be 0"));
   EXPECT_THAT(error("{" + base + R"(, "partialAfter": "20s"})"),
               HasSubstr("partial_after needs min_players"));
+  EXPECT_THAT(error("{" + base + R"(, "customRule": {"name": "nope"}})"),
+              HasSubstr("custom_rule: no custom rule named \"nope\"; this build has: crossplay"));
+  EXPECT_THAT(error("{" + base + R"(, "customRule": {"name": "crossplay",
+                                                     "params": {"penalty": "x"}}})"),
+              HasSubstr("custom_rule: crossplay: penalty must be a number >= 0"));
   EXPECT_THAT(error("{" + base + R"(, "matchAttributes": ["mode", "mode"]})"),
               HasSubstr("\"mode\" is listed twice"));
 }

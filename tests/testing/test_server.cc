@@ -27,7 +27,10 @@ const char kTestConfig[] = R"json({
      "latency": {"regions": ["eu", "us"], "maxMs": 50, "widenMsPerSecond": 5, "capMs": 150},
      "matchAttributes": ["mode"]},
     {"name": "brawl", "teamCount": 4, "teamSize": 1, "maxWait": "60s",
-     "minPlayers": 2, "partialAfter": "10s"}
+     "minPlayers": 2, "partialAfter": "10s"},
+    {"name": "cross", "teamCount": 2, "teamSize": 1, "maxWait": "60s",
+     "rating": {"initialWindow": 50, "widenPerSecond": 10},
+     "customRule": {"name": "crossplay", "params": {"penalty": "150"}}}
   ]
 })json";
 
