@@ -180,6 +180,19 @@ void PrintTable(const std::vector<Row>& rows, bool one_v_one, double bound_k) {
         s.wait_p99_bottom1, 100 * s.abandoned_share);
     if (r.fingerprint != 0) std::printf("  fingerprint %016llx\n", (unsigned long long)r.fingerprint);
   }
+  bool parties = false;
+  for (const Row& r : rows) parties = parties || r.summary.wait_p99_by_party.size() > 1;
+  if (parties) {
+    std::printf("%-13s %-13s  wait p50 / p99 by party size (s)\n", "algorithm", "knob");
+    for (const Row& r : rows) {
+      std::string line;
+      for (size_t i = 0; i < r.summary.wait_p99_by_party.size(); ++i) {
+        absl::StrAppendFormat(&line, "  %zu: %.1f / %.1f", i + 1, r.summary.wait_p50_by_party[i],
+                              r.summary.wait_p99_by_party[i]);
+      }
+      std::printf("%-13s %-13s %s\n", r.algorithm.c_str(), r.knob.c_str(), line.c_str());
+    }
+  }
   bool placed = false;
   for (const Row& r : rows) placed = placed || r.summary.latency_mean > 0;
   if (placed) {
@@ -203,7 +216,7 @@ void WriteCsv(const std::string& path, const std::vector<Row>& rows, double boun
          "wait_mean,wait_p50,wait_p90,wait_p99,wait_max,gap_mean,gap_p99,gap_within_5,"
          "spread_mean,spread_p99,slot_delta_mean,slot_delta_max_p99,fair_share,players_per_s,"
          "k,k_over_bound,wait_p99_top1,wait_p99_bottom1,latency_mean,latency_p99,"
-         "best_region_share\n";
+         "best_region_share,wait_p99_solo,wait_p99_largest_party\n";
   for (const Row& r : rows) {
     const Summary& s = r.summary;
     out << absl::StrJoin(
@@ -218,7 +231,9 @@ void WriteCsv(const std::string& path, const std::vector<Row>& rows, double boun
                 absl::StrCat(s.players_per_s), absl::StrCat(s.k),
                 absl::StrCat(bound_k > 0 ? s.k / bound_k : 0), absl::StrCat(s.wait_p99_top1),
                 absl::StrCat(s.wait_p99_bottom1), absl::StrCat(s.latency_mean),
-                absl::StrCat(s.latency_p99), absl::StrCat(s.best_region_share)},
+                absl::StrCat(s.latency_p99), absl::StrCat(s.best_region_share),
+                absl::StrCat(s.wait_p99_by_party.empty() ? 0 : s.wait_p99_by_party.front()),
+                absl::StrCat(s.wait_p99_by_party.empty() ? 0 : s.wait_p99_by_party.back())},
                ",")
         << "\n";
   }

@@ -194,6 +194,7 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
     return tickets[i].arrival_s >= measure_from_s && tickets[i].arrival_s < measure_to_s;
   };
   std::vector<double> waits;
+  std::vector<std::vector<double>> waits_by_party;
   std::vector<std::pair<double, double>> rating_wait;  // per matched player
   int matched = 0, abandoned = 0, expired = 0;
   for (size_t i = 0; i < tickets.size(); ++i) {
@@ -208,6 +209,9 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
           waits.push_back(wait);
           rating_wait.push_back({r, wait});
         }
+        const size_t size = tickets[i].party_size();
+        if (waits_by_party.size() < size) waits_by_party.resize(size);
+        waits_by_party[size - 1].push_back(wait);
         break;
       }
       case Outcome::kAbandoned: ++abandoned; break;
@@ -225,6 +229,10 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
   s.wait_p99 = Quantile(waits, 0.99);
   s.wait_max = waits.empty() ? 0 : *std::max_element(waits.begin(), waits.end());
   s.players_per_s = s.players / (measure_to_s - measure_from_s);
+  for (std::vector<double>& w : waits_by_party) {
+    s.wait_p50_by_party.push_back(Quantile(w, 0.50));
+    s.wait_p99_by_party.push_back(Quantile(w, 0.99));
+  }
 
   std::vector<double> gaps, spreads, slot_means, slot_maxes, latencies;
   int placed_players = 0, in_best_region = 0;

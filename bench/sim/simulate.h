@@ -78,6 +78,8 @@ struct Summary {
   // K = mean quality × mean wait × players/s, quality being the gap for 1v1
   // and the spread for larger matches (see docs/QUALITY.md).
   double k = 0;
+  // p50 and p99 wait of matched players by party size (index = size - 1).
+  std::vector<double> wait_p50_by_party, wait_p99_by_party;
   // p99 wait of the 1 % highest and 1 % lowest rated measured players.
   double wait_p99_top1 = 0, wait_p99_bottom1 = 0;
   // Placed matches: each player's latency in the match's region (ms), and

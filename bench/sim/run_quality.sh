@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Reproduces docs/QUALITY.md: the frontier sweeps (CSV + SVG in docs/quality/)
+# and the target runs, all seeded (same seed, same matches).
+#
+#   bench/sim/run_quality.sh [--build DIR] [--out DIR]
+#
+# About two minutes on one core; the offline optimum takes most of it.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+build="$here/build"
+out="$here/docs/quality"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --build) build="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--out DIR]" >&2; exit 2 ;;
+  esac
+done
+sim="$build/bench/sim/matchsim"
+[[ -x "$sim" ]] || { echo "no $sim; build first (cmake --build $build --target matchsim)" >&2; exit 1; }
+mkdir -p "$out"
+parties=65,20,5,3,7
+
+run() {  # name, then matchsim flags
+  local name="$1"; shift
+  echo "## $name: matchsim $*"
+  "$sim" "$@"
+  echo
+}
+
+# Frontiers: every algorithm over its knob.
+run "1v1, 10/s" --sweep --rate=10 --duration=3600 \
+  --csv="$out/1v1-rate10.csv" --svg="$out/1v1-rate10.svg"
+run "1v1, 1/s" --sweep --rate=1 --duration=20000 \
+  --csv="$out/1v1-rate1.csv" --svg="$out/1v1-rate1.svg"
+run "5v5 solo, 20/s" --sweep --algorithms=matchd,both-windows,batch,fifo --team_size=5 \
+  --rate=20 --duration=3600 --csv="$out/5v5-solo.csv" --svg="$out/5v5-solo.svg"
+run "5v5 parties, 20/s" --sweep --algorithms=matchd,both-windows,batch,fifo --team_size=5 \
+  --rate=20 --duration=3600 --party_mix=$parties \
+  --csv="$out/5v5-parties.csv" --svg="$out/5v5-parties.svg"
+
+# The settings recorded against the targets.
+run "target: 1v1, 10/s" --rate=10 --duration=3600 --initial_window=5 --widen=4
+run "target: 1v1, 1/s" --rate=1 --duration=20000 --initial_window=10 --widen=2
+run "target: 5v5 solo, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
+  --duration=3600 --initial_window=30 --widen=20
+run "target: 5v5 parties, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
+  --duration=3600 --party_mix=$parties --widen=8
+run "regions: 5v5 solo, 20/s, three regions" --algorithms=matchd,batch,fifo --team_size=5 \
+  --rate=20 --duration=3600 --initial_window=30 --widen=20 --regions=eu,us,ap \
+  --region_weights=5,4,2 --max_latency=60 --latency_widen=2 --latency_cap=150
+run "abandonment and a daily curve: 1v1, 10/s" --algorithms=matchd,both-windows,batch \
+  --rate=10 --duration=7200 --initial_window=5 --widen=4 --abandon_mean=60 \
+  --daily_amplitude=0.5 --daily_period=3600
