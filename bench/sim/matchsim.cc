@@ -165,16 +165,17 @@ std::vector<double> SweepKnobs(const std::string& algorithm) {
 }
 
 void PrintTable(const std::vector<Row>& rows, bool one_v_one, double bound_k) {
-  std::printf("%-13s %-13s %7s %7s %7s %7s %7s %7s %8s %8s %7s %7s %9s %6s %7s %7s %7s\n",
+  std::printf("%-13s %-13s %7s %7s %7s %7s %7s %7s %8s %8s %8s %7s %7s %9s %6s %7s %7s %7s\n",
               "algorithm", "knob", "matched", "w_p50", "w_p90", "w_p99", "w_max", "gap", "gap_p99",
-              "spread", "slot_d", "fair%", "K", "K/bnd", "top1%", "bot1%", "aband%");
+              "spread", "sprd_p99", "slot_d", "fair%", "K", "K/bnd", "top1%", "bot1%", "aband%");
   for (const Row& r : rows) {
     const Summary& s = r.summary;
     std::printf(
-        "%-13s %-13s %6.1f%% %7.2f %7.2f %7.2f %7.1f %7.1f %8.1f %8.1f %7.1f %6.1f%% %9.0f %6s "
-        "%7.1f %7.1f %6.1f%%\n",
+        "%-13s %-13s %6.1f%% %7.2f %7.2f %7.2f %7.1f %7.1f %8.1f %8.1f %8.1f %7.1f %6.1f%% %9.0f "
+        "%6s %7.1f %7.1f %6.1f%%\n",
         r.algorithm.c_str(), r.knob.c_str(), 100 * s.matched_share, s.wait_p50, s.wait_p90,
-        s.wait_p99, s.wait_max, s.gap_mean, s.gap_p99, s.spread_mean, s.slot_delta_mean,
+        s.wait_p99, s.wait_max, s.gap_mean, s.gap_p99, s.spread_mean, s.spread_p99,
+        s.slot_delta_mean,
         100 * s.fair_share, s.k,
         bound_k > 0 ? absl::StrFormat("%.2f", s.k / bound_k).c_str() : "-", s.wait_p99_top1,
         s.wait_p99_bottom1, 100 * s.abandoned_share);

@@ -19,11 +19,13 @@ done
 sim="$build/bench/sim/matchsim"
 [[ -x "$sim" ]] || { echo "no $sim; build first (cmake --build $build --target matchsim)" >&2; exit 1; }
 mkdir -p "$out"
+exec > >(tee "$out/results.txt")
 parties=65,20,5,3,7
 
 run() {  # name, then matchsim flags
   local name="$1"; shift
-  echo "## $name: matchsim $*"
+  local args="$*"
+  echo "## $name: matchsim ${args//$here\//}"
   "$sim" "$@"
   echo
 }
@@ -39,15 +41,21 @@ run "5v5 parties, 20/s" --sweep --algorithms=matchd,both-windows,batch,fifo --te
   --rate=20 --duration=3600 --party_mix=$parties \
   --csv="$out/5v5-parties.csv" --svg="$out/5v5-parties.svg"
 
-# The settings recorded against the targets.
+# The settings recorded against the targets, on three seeds.
+for seed in 2 3; do
+  run "target, seed $seed: 5v5 solo, 20/s" --seed=$seed --algorithms=matchd --team_size=5 \
+    --rate=20 --duration=3600 --initial_window=35 --widen=18 --max_window=300
+  run "target, seed $seed: 5v5 parties, 20/s" --seed=$seed --algorithms=matchd --team_size=5 \
+    --rate=20 --duration=3600 --party_mix=$parties --widen=7
+done
 run "target: 1v1, 10/s" --rate=10 --duration=3600 --initial_window=5 --widen=4
 run "target: 1v1, 1/s" --rate=1 --duration=20000 --initial_window=10 --widen=2
 run "target: 5v5 solo, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
-  --duration=3600 --initial_window=30 --widen=20
+  --duration=3600 --initial_window=35 --widen=18 --max_window=300
 run "target: 5v5 parties, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
-  --duration=3600 --party_mix=$parties --widen=8
+  --duration=3600 --party_mix=$parties --widen=7
 run "regions: 5v5 solo, 20/s, three regions" --algorithms=matchd,batch,fifo --team_size=5 \
-  --rate=20 --duration=3600 --initial_window=30 --widen=20 --regions=eu,us,ap \
+  --rate=20 --duration=3600 --initial_window=35 --widen=18 --max_window=300 --regions=eu,us,ap \
   --region_weights=5,4,2 --max_latency=60 --latency_widen=2 --latency_cap=150
 run "abandonment and a daily curve: 1v1, 10/s" --algorithms=matchd,both-windows,batch \
   --rate=10 --duration=7200 --initial_window=5 --widen=4 --abandon_mean=60 \
