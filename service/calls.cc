@@ -177,6 +177,10 @@ void HandleListQueues(Runtime* rt, const mm::ListQueuesRequest& /*request*/,
     for (const std::string& region : s.regions) info->add_regions(region);
     for (const std::string& key : s.match_attributes) info->add_match_attributes(key);
     if (s.rules.custom_rule != nullptr) info->set_custom_rule(std::string(s.rules.custom_rule->name()));
+    if (s.rules.min_players > 0) {
+      info->set_min_players(s.rules.min_players);
+      *info->mutable_partial_after() = ToProtoDuration(s.rules.partial_after);
+    }
     info->set_tickets_waiting(queue->tickets_waiting());
     info->set_players_waiting(queue->players_waiting());
     info->set_matches_formed(queue->matches_formed());

@@ -523,6 +523,9 @@ TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
   ASSERT_TRUE(ts.stub().ListQueues(&ctx, mm::ListQueuesRequest(), &response).ok());
   ASSERT_EQ(response.queues_size(), 7);
   EXPECT_EQ(response.queues(6).custom_rule(), "crossplay");
+  EXPECT_EQ(response.queues(5).min_players(), 2u);
+  EXPECT_EQ(response.queues(5).partial_after().seconds(), 10);
+  EXPECT_EQ(response.queues(2).min_players(), 0u);
   const mm::QueueInfo& squad = response.queues(2);
   EXPECT_EQ(squad.name(), "squad");
   EXPECT_EQ(squad.team_count(), 2u);
