@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <utility>
 
+#include "absl/base/attributes.h"
 #include "absl/strings/str_cat.h"
+#include "matcher/node_pool.h"
 
 namespace matchd::matcher {
 namespace {
@@ -27,28 +30,78 @@ constexpr int kPackSearchBudget = 20000;
 // every ticket expires long before.
 constexpr double kMaxRefinedDelaySeconds = 1e9;
 
+// Exact wait arithmetic in integers (see Pool::Impl::Waits). absl::Duration
+// counts quarter nanoseconds ("ticks"); its arithmetic is out of line and
+// 128-bit, which the hot path of the pool cannot afford.
+constexpr int64_t kTicksPerNanosecond = 4;
+constexpr int64_t kTicksPerSecond = 4'000'000'000;
+// A time that is not a whole number of nanoseconds (see WholeUnixNanos).
+constexpr int64_t kNotWholeNanos = std::numeric_limits<int64_t>::min();
+// Waits up to this take the integer path: a sum over a whole match
+// (<= kMaxPlayersPerMatch tickets) stays below 2^53 ticks.
+constexpr uint64_t kMaxIntegerWaitNanos = uint64_t{1} << 45;  // 9.8 hours
+// Below 2^53 ticks, absl::ToDoubleSeconds is exactly ticks / kTicksPerSecond
+// (its seconds-and-ticks form converts to double without rounding).
+constexpr int64_t kMaxExactTicks = int64_t{1} << 53;
+
 bool IsFiniteNonNegative(double v) { return std::isfinite(v) && v >= 0; }
+
+// `t` in nanoseconds since the Unix epoch if that is exact (absl::Time has a
+// resolution of a quarter nanosecond), else kNotWholeNanos. Times from a
+// real clock always are.
+int64_t WholeUnixNanos(absl::Time t) {
+  const int64_t nanos = absl::ToUnixNanos(t);  // saturates far out
+  return nanos != kNotWholeNanos && absl::FromUnixNanos(nanos) == t ? nanos : kNotWholeNanos;
+}
+
+// The wait from `from` to `to` in nanoseconds (both from WholeUnixNanos) if
+// the integer path takes it: both whole, 0 <= wait <= kMaxIntegerWaitNanos.
+// Else -1.
+int64_t IntegerWaitNanos(int64_t from, int64_t to) {
+  if (from == kNotWholeNanos || to == kNotWholeNanos || from > to) return -1;
+  // Unsigned: the difference is exact whenever it is not negative.
+  const uint64_t wait = static_cast<uint64_t>(to) - static_cast<uint64_t>(from);
+  return wait <= kMaxIntegerWaitNanos ? static_cast<int64_t>(wait) : -1;
+}
+
+// QueueRules::WindowAt and LatencyLimitAt for a wait that is positive or not
+// (`waited`) and lasts `wait_seconds`: the one formula for the Duration and
+// the integer callers.
+double WindowFor(const QueueRules& rules, bool waited, double wait_seconds) {
+  if (!rules.rated) return kInfinity;
+  double window = rules.initial_window;
+  // Tested separately so that an infinite wait with no widening is not NaN.
+  if (rules.widen_per_second > 0 && waited) window += rules.widen_per_second * wait_seconds;
+  if (rules.max_window != 0) window = std::min(window, rules.max_window);
+  return window;
+}
+
+double LatencyLimitFor(const QueueRules& rules, bool waited, double wait_seconds) {
+  double limit = rules.max_latency_ms;
+  if (rules.latency_widen_per_second > 0 && waited) {
+    limit += rules.latency_widen_per_second * wait_seconds;
+  }
+  if (rules.latency_cap_ms != 0) limit = std::min(limit, rules.latency_cap_ms);
+  return limit;
+}
+
+// A wait in ticks (0 <= ticks < kMaxExactTicks) as the two arguments above.
+bool TicksWaited(int64_t ticks) { return ticks > 0; }
+double TicksSeconds(int64_t ticks) {
+  return static_cast<double>(ticks) / kTicksPerSecond;  // see kMaxExactTicks
+}
 
 }  // namespace
 
 double QueueRules::WindowAt(absl::Duration wait) const {
-  if (!rated) return kInfinity;
-  double window = initial_window;
-  // Tested separately so that an infinite wait with no widening is not NaN.
-  if (widen_per_second > 0 && wait > absl::ZeroDuration()) {
-    window += widen_per_second * absl::ToDoubleSeconds(wait);
-  }
-  if (max_window != 0) window = std::min(window, max_window);
-  return window;
+  const bool waited = wait > absl::ZeroDuration();
+  return WindowFor(*this, waited, waited && widen_per_second > 0 ? absl::ToDoubleSeconds(wait) : 0);
 }
 
 double QueueRules::LatencyLimitAt(absl::Duration wait) const {
-  double limit = max_latency_ms;
-  if (latency_widen_per_second > 0 && wait > absl::ZeroDuration()) {
-    limit += latency_widen_per_second * absl::ToDoubleSeconds(wait);
-  }
-  if (latency_cap_ms != 0) limit = std::min(limit, latency_cap_ms);
-  return limit;
+  const bool waited = wait > absl::ZeroDuration();
+  return LatencyLimitFor(*this, waited,
+                         waited && latency_widen_per_second > 0 ? absl::ToDoubleSeconds(wait) : 0);
 }
 
 absl::Status ValidateRules(const QueueRules& rules) {
@@ -122,26 +175,143 @@ struct Pool::Impl {
   using RatingPos = std::tuple<uint64_t, double, TicketKey>;
   static RatingPos PosOf(const TicketSpec& spec) { return {spec.partition, spec.rating, spec.key}; }
 
+  // Node-based containers whose nodes come from `nodes` (see below).
+  template <typename K, typename V>
+  using Map = std::map<K, V, std::less<K>, NodePoolAllocator<std::pair<const K, V>>>;
+  template <typename K>
+  using Set = std::set<K, std::less<K>, NodePoolAllocator<K>>;
+
+  struct Ticket;
+  using RatingIndex = Map<RatingPos, Ticket*>;
+  using ExpiryIndex = Set<std::pair<absl::Time, TicketKey>>;
+
+  // Not in a due heap (see DueHeap).
+  static constexpr size_t kNotDue = std::numeric_limits<size_t>::max();
+
   struct Ticket {
     TicketSpec spec;
-    // Generation of the ticket's live entry in `due`; 0 if it has none.
-    uint64_t due_gen = 0;
-    absl::Time due_at = absl::InfiniteFuture();
+    // Rated queues: the tickets next to this one in by_rating order within
+    // its partition (null at either end of it), for the walks outwards from
+    // a ticket. Next to `spec`, which the walks read too.
+    Ticket* lower = nullptr;
+    Ticket* higher = nullptr;
+    int64_t enqueued_nanos = kNotWholeNanos;  // WholeUnixNanos(spec.enqueued_at)
+    // The ticket's entries in due_now and due_later, or kNotDue.
+    size_t now_pos = kNotDue;
+    size_t later_pos = kNotDue;
+    // The ticket's own entries, so that an erase need not search for them:
+    // in by_rating (rated queues) and in expiry (finite expires_at only).
+    RatingIndex::iterator in_rating;
+    ExpiryIndex::iterator in_expiry;
   };
 
-  // An entry of the due heap. Entries are never removed early: one whose
-  // ticket is gone or whose generation is not the ticket's is skipped.
-  struct DueEntry {
-    absl::Time retry_at;
+  // A binary min-heap under Entry::Before whose entries know their place:
+  // the ticket of an entry holds its index (Entry::Pos), so that a ticket's
+  // entry is found, moved or removed at once. A ticket has at most one entry.
+  template <typename Entry>
+  class DueHeap {
+   public:
+    bool empty() const { return heap_.empty(); }
+    const Entry& top() const { return heap_.front(); }
+    // The ticket's entry, or null.
+    const Entry* Find(const Ticket& ticket) const {
+      const size_t pos = Entry::Pos(ticket);
+      return pos == kNotDue ? nullptr : &heap_[pos];
+    }
+    // Inserts `entry`, or replaces its ticket's entry with it.
+    void Set(const Entry& entry) {
+      const size_t pos = Entry::Pos(*entry.ticket);
+      if (pos == kNotDue) {
+        heap_.emplace_back();  // the hole to sift up from
+        SiftUp(heap_.size() - 1, entry);
+      } else {
+        Refill(pos, entry);
+      }
+    }
+    // Removes the ticket's entry, if it has one.
+    void Remove(Ticket& ticket) {
+      const size_t pos = Entry::Pos(ticket);
+      if (pos == kNotDue) return;
+      Entry::Pos(ticket) = kNotDue;
+      const Entry last = heap_.back();
+      heap_.pop_back();
+      if (pos < heap_.size()) Refill(pos, last);
+    }
+    // Removes the first entry and returns its ticket. Not empty.
+    Ticket& Pop() {
+      Ticket& ticket = *heap_.front().ticket;
+      Remove(ticket);
+      return ticket;
+    }
+
+   private:
+    // Puts `entry` into the slot `pos`, whose old content is gone, moving it
+    // up or down from there as the order requires.
+    void Refill(size_t pos, const Entry& entry) {
+      if (pos > 0 && Entry::Before(entry, heap_[(pos - 1) / 2])) {
+        SiftUp(pos, entry);
+      } else {
+        SiftDown(pos, entry);
+      }
+    }
+    // By value: `entry` may be a copy of a slot they overwrite.
+    void SiftUp(size_t pos, Entry entry) {
+      while (pos > 0) {
+        const size_t parent = (pos - 1) / 2;
+        if (!Entry::Before(entry, heap_[parent])) break;
+        Place(pos, heap_[parent]);
+        pos = parent;
+      }
+      Place(pos, entry);
+    }
+    void SiftDown(size_t pos, Entry entry) {
+      const size_t size = heap_.size();
+      for (;;) {
+        size_t child = 2 * pos + 1;
+        if (child >= size) break;
+        if (child + 1 < size && Entry::Before(heap_[child + 1], heap_[child])) ++child;
+        if (!Entry::Before(heap_[child], entry)) break;
+        Place(pos, heap_[child]);
+        pos = child;
+      }
+      Place(pos, entry);
+    }
+    void Place(size_t pos, const Entry& entry) {
+      heap_[pos] = entry;
+      Entry::Pos(*entry.ticket) = pos;
+    }
+
+    std::vector<Entry> heap_;
+  };
+
+  // Tickets to evaluate at the next Process whatever its time (due at
+  // InfinitePast), oldest first, then by key.
+  struct NowEntry {
     absl::Time enqueued_at;
     TicketKey key;
-    uint64_t gen;
+    Ticket* ticket;
+    static size_t& Pos(Ticket& t) { return t.now_pos; }
+    static size_t Pos(const Ticket& t) { return t.now_pos; }
+    static bool Before(const NowEntry& a, const NowEntry& b) {
+      if (a.enqueued_at != b.enqueued_at) return a.enqueued_at < b.enqueued_at;
+      return a.key < b.key;
+    }
   };
-  // The heap comparator: true if `a` is processed after `b`.
-  static bool DueAfter(const DueEntry& a, const DueEntry& b) {
-    return std::tie(a.retry_at, a.enqueued_at, a.key, a.gen) >
-           std::tie(b.retry_at, b.enqueued_at, b.key, b.gen);
-  }
+  // Tickets to evaluate at the first Process at or after `at`: soonest first,
+  // then oldest, then by key.
+  struct LaterEntry {
+    absl::Time at;
+    absl::Time enqueued_at;
+    TicketKey key;
+    Ticket* ticket;
+    static size_t& Pos(Ticket& t) { return t.later_pos; }
+    static size_t Pos(const Ticket& t) { return t.later_pos; }
+    static bool Before(const LaterEntry& a, const LaterEntry& b) {
+      if (a.at != b.at) return a.at < b.at;
+      if (a.enqueued_at != b.enqueued_at) return a.enqueued_at < b.enqueued_at;
+      return a.key < b.key;
+    }
+  };
 
   // A ticket of the candidate group, copied so that it survives the ticket's
   // removal while a match is committed.
@@ -150,9 +320,27 @@ struct Pool::Impl {
     int party_size;
     double rating;
     absl::Time enqueued_at;
+    int64_t enqueued_nanos;  // Ticket::enqueued_nanos
     int bin;  // team in the feasibility packing; parties of 2+ only
     uint16_t latency;  // in the evaluated region; 0 without latency rules
     const TicketSpec* spec;  // valid while the group is evaluated
+  };
+
+  // The waits of the candidate group at the time of its evaluation. The
+  // window (and latency limit) is taken at basis_sum / divisor (see
+  // QueueRules::WaitBasis): the sum of the members' waits over their count,
+  // or the shortest wait over 1; both grow by exactly one nanosecond per
+  // nanosecond.
+  struct Waits {
+    absl::Duration sum;  // of all the members' waits
+    int64_t count = 1;   // members
+    absl::Duration basis_sum;
+    int64_t divisor = 1;
+    // basis_sum / divisor in ticks when the evaluation could work in whole
+    // nanoseconds (every time whole, every wait in 0..kMaxIntegerWaitNanos);
+    // else -1, and the acceptance tests use Duration arithmetic. The two give
+    // bit-identical results.
+    int64_t basis_ticks = -1;
   };
 
   enum class Outcome { kNoGroup, kRejected, kAccepted };
@@ -164,7 +352,9 @@ struct Pool::Impl {
     // The group's lowest and highest places in rating order.
     RatingPos lowest;
     RatingPos highest;
-    absl::Duration mean_wait;
+    // The sum of the group's waits and its size (FormedMatch::mean_wait).
+    absl::Duration wait_sum;
+    int64_t members = 0;
     std::optional<absl::Time> acceptable_at;  // for kRejected
     // Latency rules: the region evaluated (-1 if none), the group's worst
     // latency there and the anchor's own limit now.
@@ -189,7 +379,13 @@ struct Pool::Impl {
         full_need(r.players_per_match()),
         teams(r.team_count),
         team_size(r.team_size),
-        need(full_need) {}
+        need(full_need),
+        tickets(/*bucket_count=*/0, std::hash<TicketKey>(), std::equal_to<TicketKey>(), &nodes),
+        by_rating(&nodes),
+        by_enqueue(&nodes),
+        by_size_enqueue(&nodes),
+        expiry(&nodes),
+        size_failed(r.max_party_size + 1, 0) {}
 
   // Pool helpers.
   void Erase(TicketKey key);
@@ -197,10 +393,11 @@ struct Pool::Impl {
   void MarkDue(Ticket& ticket, absl::Time at);
   void MarkChanged(RatingPos first, RatingPos last, const TicketSpec* changed);
   bool ShareARegion(const TicketSpec& a, const TicketSpec& b) const;
-  absl::Time LatencyAdmitAt(double latency, absl::Time enqueued_at, absl::Time now) const;
-  void PruneDueTop();
-  bool IsLive(const DueEntry& entry) const;
+  absl::Time LatencyAdmitAt(double latency, const Ticket& ticket, absl::Time now);
+  int64_t NowNanos(absl::Time now);
   int LivePlayersAt(absl::Time now) const;
+  Ticket* PopDue(absl::Time now);
+  void SetRetry(Ticket& anchor, std::optional<absl::Time> at);
 
   // Candidate group.
   // The anchor's best group now: a full match, else (QueueRules::min_players)
@@ -216,15 +413,15 @@ struct Pool::Impl {
                         double limit);
   static bool Better(const Evaluation& a, const Evaluation& b);
   void ResetGroup();
-  bool TryAdd(const TicketSpec& spec);
+  bool TryAdd(const Ticket& ticket);
+  bool PlaceParty(int size);
   bool PackSearch(size_t item, int* budget);
-  // The wait that the window is taken at is basis_sum / divisor (see
-  // QueueRules::WaitBasis): the sum of the members' waits over their count, or
-  // the shortest wait over 1. Both grow by exactly `nanos` per nanosecond.
-  std::optional<absl::Time> AcceptableAt(double spread, double latency, absl::Duration basis_sum,
-                                         int64_t divisor, absl::Time now) const;
-  bool AcceptedAt(double spread, double latency, absl::Duration basis_sum, int64_t divisor,
-                  int64_t nanos) const;
+  Waits GroupWaits(absl::Time now);
+  // The basis wait (see Waits) as WindowFor's arguments.
+  static void BasisWait(const Waits& waits, bool* waited, double* seconds);
+  std::optional<absl::Time> AcceptableAt(double spread, double latency, const Waits& waits,
+                                         absl::Time now) const;
+  bool AcceptedAt(double spread, double latency, const Waits& waits, int64_t nanos) const;
   template <typename Test>
   static std::optional<int64_t> FirstNanosecond(double delay_seconds, Test accepted);
 
@@ -245,18 +442,35 @@ struct Pool::Impl {
   int team_size;
   int need;  // teams * team_size
 
-  // unordered_map nodes are stable, so the indexes may point into it.
-  std::unordered_map<TicketKey, Ticket> tickets;
+  // The containers below take their nodes from here, so that a pool whose
+  // size is steady does not allocate per ticket. Declared before them: it
+  // must outlive them.
+  NodePool nodes;
+
+  // unordered_map nodes are stable, so the indexes may point into it. Its
+  // bucket array grows with the high-water mark (from operator new).
+  std::unordered_map<TicketKey, Ticket, std::hash<TicketKey>, std::equal_to<TicketKey>,
+                     NodePoolAllocator<std::pair<const TicketKey, Ticket>>>
+      tickets;
   // Every index orders by partition first, so a partition's tickets are
   // contiguous and a walk never leaves its own.
-  std::map<RatingPos, const Ticket*> by_rating;  // rated
-  std::map<std::tuple<uint64_t, absl::Time, TicketKey>, const Ticket*> by_enqueue;
+  RatingIndex by_rating;  // rated
+  Map<std::tuple<uint64_t, absl::Time, TicketKey>, const Ticket*> by_enqueue;
   // Unrated: the same order per party size.
-  std::set<std::tuple<uint64_t, int, absl::Time, TicketKey>> by_size_enqueue;
+  Set<std::tuple<uint64_t, int, absl::Time, TicketKey>> by_size_enqueue;
   // Tickets with a finite expiry, soonest first (ties by key).
-  std::set<std::pair<absl::Time, TicketKey>> expiry;
-  std::vector<DueEntry> due;  // min-heap under DueAfter
-  uint64_t next_gen = 1;
+  ExpiryIndex expiry;
+  // When tickets are due for evaluation: one queue ordered by (due time,
+  // enqueued_at, key), kept in two heaps. Most evaluations follow a change
+  // next to the ticket (MarkChanged) rather than a timer, and most of those
+  // end with the retry time the ticket had: so a ticket marked for the next
+  // Process goes to due_now and keeps its due_later entry. That entry is
+  // void while the ticket is in due_now and while it is evaluated after
+  // leaving it (due_now is always drained first, so it never fires); then
+  // SetRetry sets it to the retry, often where it already is. A ticket in
+  // due_later only is due at that entry's time.
+  DueHeap<NowEntry> due_now;
+  DueHeap<LaterEntry> due_later;
   int players = 0;
 
   // Scratch, reused across evaluations so that the hot path does not
@@ -264,8 +478,12 @@ struct Pool::Impl {
   std::vector<Member> group;
   int group_players = 0;
   int eval_region = -1;  // the region of the group being gathered; -1 if none
+  // NowNanos's cache: WholeUnixNanos(cached_now).
+  absl::Time cached_now = absl::InfinitePast();
+  int64_t cached_now_nanos = kNotWholeNanos;
   std::vector<int> bin_load;      // loads of the packing, parties of 2+
   std::vector<char> size_failed;  // party sizes refused since the last add
+  // Whether size_failed has a 1 anywhere (ResetGroup clears it only then).
   bool any_size_failed = false;
   std::vector<int> pack_items;  // group indexes, largest party first
   std::vector<int> pack_bins;   // bin per pack_items entry
@@ -284,14 +502,19 @@ struct Pool::Impl {
 void Pool::Impl::Erase(TicketKey key) {
   auto it = tickets.find(key);
   if (it == tickets.end()) return;
-  const TicketSpec& spec = it->second.spec;
+  Ticket& ticket = it->second;
+  const TicketSpec& spec = ticket.spec;
   if (rules.rated) {
-    by_rating.erase(PosOf(spec));
+    if (ticket.lower != nullptr) ticket.lower->higher = ticket.higher;
+    if (ticket.higher != nullptr) ticket.higher->lower = ticket.lower;
+    by_rating.erase(ticket.in_rating);
   } else {
     by_enqueue.erase({spec.partition, spec.enqueued_at, key});
     by_size_enqueue.erase({spec.partition, spec.party_size, spec.enqueued_at, key});
   }
-  expiry.erase({spec.expires_at, key});
+  if (spec.expires_at != absl::InfiniteFuture()) expiry.erase(ticket.in_expiry);
+  due_now.Remove(ticket);
+  due_later.Remove(ticket);
   players -= spec.party_size;
   tickets.erase(it);
 }
@@ -312,18 +535,32 @@ void Pool::Impl::EraseAndMark(TicketKey key) {
 void Pool::Impl::MarkDue(Ticket& ticket, absl::Time at) {
   // An earlier pending entry covers this one: the evaluation it triggers
   // pushes whatever retry is needed then.
-  if (ticket.due_gen != 0 && ticket.due_at <= at) return;
-  ticket.due_gen = next_gen++;
-  ticket.due_at = at;
-  due.push_back({at, ticket.spec.enqueued_at, ticket.spec.key, ticket.due_gen});
-  std::push_heap(due.begin(), due.end(), DueAfter);
-  // Superseded and removed tickets leave stale entries behind; drop them in
-  // bulk once they outnumber the live ones, keeping the heap O(tickets).
-  if (due.size() > 2 * tickets.size() + 64) {
-    due.erase(
-        std::remove_if(due.begin(), due.end(), [this](const DueEntry& e) { return !IsLive(e); }),
-        due.end());
-    std::make_heap(due.begin(), due.end(), DueAfter);
+  if (due_now.Find(ticket) != nullptr) return;
+  if (at == absl::InfinitePast()) {
+    due_now.Set({ticket.spec.enqueued_at, ticket.spec.key, &ticket});
+    return;
+  }
+  const LaterEntry* later = due_later.Find(ticket);
+  if (later != nullptr && later->at <= at) return;
+  due_later.Set({at, ticket.spec.enqueued_at, ticket.spec.key, &ticket});
+}
+
+// Removes and returns the first ticket due by `now`, or null.
+Pool::Impl::Ticket* Pool::Impl::PopDue(absl::Time now) {
+  if (!due_now.empty()) return &due_now.Pop();  // its due_later entry, if any, is void
+  if (!due_later.empty() && due_later.top().at <= now) return &due_later.Pop();
+  return nullptr;
+}
+
+// After `anchor` was evaluated (and not matched): due again at `at`, or only
+// after a change if nullopt. Replaces a void due_later entry in place.
+void Pool::Impl::SetRetry(Ticket& anchor, std::optional<absl::Time> at) {
+  if (!at.has_value()) {
+    due_later.Remove(anchor);
+  } else if (*at == absl::InfinitePast()) {
+    due_now.Set({anchor.spec.enqueued_at, anchor.spec.key, &anchor});
+  } else {
+    due_later.Set({*at, anchor.spec.enqueued_at, anchor.spec.key, &anchor});
   }
 }
 
@@ -360,31 +597,33 @@ void Pool::Impl::MarkChanged(RatingPos first, RatingPos last, const TicketSpec* 
   // latency there than the changed ticket's (an anchor whose limit admits
   // the changed ticket admits them too).
   std::array<int, QueueRules::kMaxRegions> passed{};
-  // Marks the ticket at `it`; true when the walk has gone far enough.
-  auto visit = [&](const auto& entry) {
-    MarkDue(tickets.at(std::get<2>(entry.first)), next_process);
+  // Marks `ticket`; true when the walk has gone far enough.
+  auto visit = [&](Ticket& ticket) {
+    MarkDue(ticket, next_process);
     if (!by_region) return ++passed[0] >= full_need;
     bool done = true;
     for (int r = 0; r < rules.region_count; ++r) {
       const uint16_t own = changed->latency_ms[r];
       if (own == TicketSpec::kUnreachable) continue;
-      if (entry.second->spec.latency_ms[r] <= own) ++passed[r];
+      if (ticket.spec.latency_ms[r] <= own) ++passed[r];
       done = done && passed[r] >= full_need;
     }
     return done;
   };
-  auto start = by_rating.lower_bound(first);
-  for (auto down = start; down != by_rating.begin();) {
-    --down;
-    if (std::get<0>(down->first) != partition || visit(*down)) break;
+  // The walks follow the neighbour links, which end at the partition's ends;
+  // only the first step may land in another partition.
+  const auto start = by_rating.lower_bound(first);
+  Ticket* down = start == by_rating.begin() ? nullptr : std::prev(start)->second;
+  if (down != nullptr && down->spec.partition != partition) down = nullptr;
+  for (; down != nullptr; down = down->lower) {
+    if (visit(*down)) break;
   }
-  auto up = start;
-  for (; up != by_rating.end() && up->first <= last; ++up) {
-    MarkDue(tickets.at(std::get<2>(up->first)), next_process);
-  }
+  Ticket* up = start == by_rating.end() ? nullptr : start->second;
+  if (up != nullptr && up->spec.partition != partition) up = nullptr;
+  for (; up != nullptr && PosOf(up->spec) <= last; up = up->higher) MarkDue(*up, next_process);
   passed.fill(0);
-  for (; up != by_rating.end(); ++up) {
-    if (std::get<0>(up->first) != partition || visit(*up)) break;
+  for (; up != nullptr; up = up->higher) {
+    if (visit(*up)) break;
   }
 }
 
@@ -398,34 +637,40 @@ bool Pool::Impl::ShareARegion(const TicketSpec& a, const TicketSpec& b) const {
   return false;
 }
 
-// The first nanosecond at which the latency limit of a ticket enqueued at
-// `enqueued_at` covers `latency` (`now` if it already does); InfiniteFuture
-// if never.
-absl::Time Pool::Impl::LatencyAdmitAt(double latency, absl::Time enqueued_at,
-                                      absl::Time now) const {
-  const absl::Duration waited = now - enqueued_at;
-  if (latency <= rules.LatencyLimitAt(waited)) return now;
+// The first nanosecond at which the latency limit of `ticket` covers
+// `latency` (`now` if it already does); InfiniteFuture if never.
+absl::Time Pool::Impl::LatencyAdmitAt(double latency, const Ticket& ticket, absl::Time now) {
+  const int64_t wait_nanos = IntegerWaitNanos(ticket.enqueued_nanos, NowNanos(now));
+  // The ticket's limit `nanos` (>= 0) after `now`: in ticks when that is
+  // exact (as in AcceptedAt), else in Duration arithmetic; the same value.
+  auto limit_after = [&](int64_t nanos) {
+    if (wait_nanos >= 0 && nanos < kMaxExactTicks / kTicksPerNanosecond) {
+      const int64_t ticks = (wait_nanos + nanos) * kTicksPerNanosecond;
+      if (ticks < kMaxExactTicks) {
+        return LatencyLimitFor(rules, TicksWaited(ticks), TicksSeconds(ticks));
+      }
+    }
+    return rules.LatencyLimitAt(now - ticket.spec.enqueued_at + absl::Nanoseconds(nanos));
+  };
+  if (latency <= limit_after(0)) return now;
   if (!(rules.latency_widen_per_second > 0)) return absl::InfiniteFuture();
   if (rules.latency_cap_ms != 0 && latency > rules.latency_cap_ms) return absl::InfiniteFuture();
-  const double delay = (latency - rules.max_latency_ms) / rules.latency_widen_per_second -
-                       absl::ToDoubleSeconds(waited);
+  const double waited = wait_nanos >= 0 ? TicksSeconds(wait_nanos * kTicksPerNanosecond)
+                                        : absl::ToDoubleSeconds(now - ticket.spec.enqueued_at);
+  const double delay = (latency - rules.max_latency_ms) / rules.latency_widen_per_second - waited;
   if (!(delay < kMaxRefinedDelaySeconds)) return absl::InfiniteFuture();
-  const std::optional<int64_t> at = FirstNanosecond(delay, [&](int64_t nanos) {
-    return latency <= rules.LatencyLimitAt(waited + absl::Nanoseconds(nanos));
-  });
+  const std::optional<int64_t> at =
+      FirstNanosecond(delay, [&](int64_t nanos) { return latency <= limit_after(nanos); });
   return at.has_value() ? now + absl::Nanoseconds(*at) : absl::InfiniteFuture();
 }
 
-bool Pool::Impl::IsLive(const DueEntry& entry) const {
-  auto it = tickets.find(entry.key);
-  return it != tickets.end() && it->second.due_gen == entry.gen;
-}
-
-void Pool::Impl::PruneDueTop() {
-  while (!due.empty() && !IsLive(due.front())) {
-    std::pop_heap(due.begin(), due.end(), DueAfter);
-    due.pop_back();
+// WholeUnixNanos(now), computed once per distinct `now`.
+int64_t Pool::Impl::NowNanos(absl::Time now) {
+  if (now != cached_now) {
+    cached_now = now;
+    cached_now_nanos = WholeUnixNanos(now);
   }
+  return cached_now_nanos;
 }
 
 int Pool::Impl::LivePlayersAt(absl::Time now) const {
@@ -439,60 +684,82 @@ int Pool::Impl::LivePlayersAt(absl::Time now) const {
 void Pool::Impl::ResetGroup() {
   group.clear();
   group_players = 0;
-  bin_load.assign(teams, 0);
-  size_failed.assign(rules.max_party_size + 1, 0);
-  any_size_failed = false;
+  // The shape's team count; no allocation once grown.
+  bin_load.resize(teams);
+  std::fill(bin_load.begin(), bin_load.end(), 0);
+  if (any_size_failed) {
+    std::fill(size_failed.begin(), size_failed.end(), 0);
+    any_size_failed = false;
+  }
 }
 
-// Adds `spec` to the group if its party fits the remaining slots and the
+// Adds `ticket` to the group if its party fits the remaining slots and the
 // group's parties can still be packed into the teams. Solo players never
 // need a search: they fill whatever slots the parties leave.
-bool Pool::Impl::TryAdd(const TicketSpec& spec) {
+inline bool Pool::Impl::TryAdd(const Ticket& ticket) {
+  const TicketSpec& spec = ticket.spec;
   const int size = spec.party_size;
   if (size > need - group_players || size_failed[size]) return false;
-  group.push_back({spec.key, size, spec.rating, spec.enqueued_at, -1,
-                   eval_region >= 0 ? spec.latency_ms[eval_region] : uint16_t{0}, &spec});
-  if (size > 1) {
-    // Fast path: best fit into the current packing.
-    int best = -1;
-    for (int b = 0; b < teams; ++b) {
-      if (bin_load[b] + size <= team_size && (best < 0 || bin_load[b] > bin_load[best])) {
-        best = b;
-      }
-    }
-    if (best >= 0) {
-      bin_load[best] += size;
-      group.back().bin = best;
-    } else {
-      // Repack every party from scratch, largest first.
-      pack_items.clear();
-      for (size_t i = 0; i < group.size(); ++i) {
-        if (group[i].party_size > 1) pack_items.push_back(static_cast<int>(i));
-      }
-      std::stable_sort(pack_items.begin(), pack_items.end(),
-                       [&](int a, int b) { return group[a].party_size > group[b].party_size; });
-      pack_bins.assign(pack_items.size(), -1);
-      pack_loads.assign(teams, 0);
-      int budget = kPackSearchBudget;
-      if (!PackSearch(0, &budget)) {
-        group.pop_back();
-        // The group is unchanged, so every later party of this size would
-        // fail the same way.
-        size_failed[size] = 1;
-        any_size_failed = true;
-        return false;
-      }
-      for (size_t i = 0; i < pack_items.size(); ++i) {
-        group[pack_items[i]].bin = pack_bins[i];
-      }
-      bin_load = pack_loads;
-    }
-  }
+  // Field by field: a braced temporary is copied through the stack with loads
+  // wider than its stores, which stalls on store forwarding.
+  Member& member = group.emplace_back();
+  member.key = spec.key;
+  member.party_size = size;
+  member.rating = spec.rating;
+  member.enqueued_at = spec.enqueued_at;
+  member.enqueued_nanos = ticket.enqueued_nanos;
+  member.bin = -1;
+  member.latency = eval_region >= 0 ? spec.latency_ms[eval_region] : uint16_t{0};
+  member.spec = &spec;
+  if (size > 1 && !PlaceParty(size)) return false;
   group_players += size;
   if (any_size_failed) {
     std::fill(size_failed.begin(), size_failed.end(), 0);
     any_size_failed = false;
   }
+  return true;
+}
+
+// TryAdd for a party of 2+, the group's last member: finds it a team, or
+// removes it from the group and returns false.
+bool Pool::Impl::PlaceParty(int size) {
+  // Fast path: best fit into the current packing.
+  int best = -1;
+  for (int b = 0; b < teams; ++b) {
+    if (bin_load[b] + size <= team_size && (best < 0 || bin_load[b] > bin_load[best])) {
+      best = b;
+    }
+  }
+  if (best >= 0) {
+    bin_load[best] += size;
+    group.back().bin = best;
+    return true;
+  }
+  // Repack every party from scratch, largest first.
+  pack_items.clear();
+  for (size_t i = 0; i < group.size(); ++i) {
+    if (group[i].party_size > 1) pack_items.push_back(static_cast<int>(i));
+  }
+  // Ties keep group order (std::stable_sort would allocate).
+  std::sort(pack_items.begin(), pack_items.end(), [&](int a, int b) {
+    return group[a].party_size != group[b].party_size ? group[a].party_size > group[b].party_size
+                                                      : a < b;
+  });
+  pack_bins.assign(pack_items.size(), -1);
+  pack_loads.assign(teams, 0);
+  int budget = kPackSearchBudget;
+  if (!PackSearch(0, &budget)) {
+    group.pop_back();
+    // The group is unchanged, so every later party of this size would fail
+    // the same way.
+    size_failed[size] = 1;
+    any_size_failed = true;
+    return false;
+  }
+  for (size_t i = 0; i < pack_items.size(); ++i) {
+    group[pack_items[i]].bin = pack_bins[i];
+  }
+  bin_load = pack_loads;
   return true;
 }
 
@@ -520,8 +787,10 @@ bool Pool::Impl::PackSearch(size_t item, int* budget) {
 Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor, absl::Time now,
                                             int live_players) {
   SetShape(rules.team_count, rules.team_size);
+  // Full matches only: returned as is, with no copy.
+  if (rules.min_players == 0) return EvaluateRegions(anchor, now, live_players);
   Evaluation full = EvaluateRegions(anchor, now, live_players);
-  if (full.outcome == Outcome::kAccepted || rules.min_players == 0) return full;
+  if (full.outcome == Outcome::kAccepted) return full;
   // Partial lobbies, once the anchor has waited long enough: the largest
   // smaller shape that is acceptable now.
   const absl::Time partial_from = anchor.spec.enqueued_at + rules.partial_after;
@@ -569,7 +838,7 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateRegions(const Ticket& anchor, absl::T
     if (own == TicketSpec::kUnreachable) continue;
     if (own > limit) {
       // Not even the anchor itself is within the limit there yet.
-      const absl::Time at = LatencyAdmitAt(own, anchor.spec.enqueued_at, now);
+      const absl::Time at = LatencyAdmitAt(own, anchor, now);
       soonest = std::min(soonest, at);
       if (best_region < 0 && at < best.admit_at) {
         best.admit_at = at;
@@ -623,7 +892,9 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     return result;
   }
   const uint64_t partition = anchor.spec.partition;
-  TryAdd(anchor.spec);  // always fits: party_size <= team_size
+  // Always fits a full match (party_size <= team_size), but may not fit a
+  // partial lobby's smaller teams: the walk then gathers a group without it.
+  const bool anchor_in = TryAdd(anchor);
   // Players not yet visited; once fewer than the open slots, stop walking.
   int unvisited = live_players - anchor.spec.party_size;
   // Players of the partition seen, and how many the latency limit kept out.
@@ -631,8 +902,10 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
   int kept_out = 0;
   double nearest_kept_out = kInfinity;  // the lowest latency kept out
   bool stopped_early = false;
-  // Returns true when the walk should stop.
-  auto visit = [&](const TicketSpec& spec) {
+  // Returns true when the walk should stop. Inlined into both walks (GCC
+  // would call it: a call per candidate is ~5 % of a 5v5 queue's time).
+  auto visit = [&](const Ticket& ticket) ABSL_ATTRIBUTE_ALWAYS_INLINE {
+    const TicketSpec& spec = ticket.spec;
     // Only Explain() can meet such a ticket: Process() expires it first.
     if (spec.expires_at <= now) return false;
     unvisited -= spec.party_size;
@@ -645,49 +918,61 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
         nearest_kept_out = std::min<double>(nearest_kept_out, spec.latency_ms[region]);
       }
     } else {
-      TryAdd(spec);
+      TryAdd(ticket);
     }
     stopped_early = group_players == need || unvisited < need - group_players;
     return stopped_early;
   };
 
+  // Rated: the members taken on either side of the anchor, first and last.
+  // Each side is walked away from the anchor in rating order, so the last
+  // member taken on a side is the group's extreme there.
+  const TicketSpec* lo_first = nullptr;
+  const TicketSpec* lo_last = nullptr;
+  const TicketSpec* hi_first = nullptr;
+  const TicketSpec* hi_last = nullptr;
   if (rules.rated) {
     const double center = anchor.spec.rating;
-    auto anchor_it = by_rating.find(PosOf(anchor.spec));
-    auto down = anchor_it;  // the next lower candidate is std::prev(down)
-    auto up = std::next(anchor_it);
-    if (up != by_rating.end() && std::get<0>(up->first) != partition) up = by_rating.end();
-    while (group_players < need) {
-      bool has_down = down != by_rating.begin();
-      if (has_down && std::get<0>(std::prev(down)->first) != partition) {
-        down = by_rating.begin();
-        has_down = false;
+    // The nearest candidates not yet taken on either side; the links end at
+    // the partition's ends.
+    const Ticket* lo = anchor.lower;
+    const Ticket* hi = anchor.higher;
+    while (group_players < need && (lo != nullptr || hi != nullptr)) {
+      bool take_lo = lo != nullptr;
+      if (lo != nullptr && hi != nullptr) {
+        const TicketSpec& l = lo->spec;
+        const TicketSpec& h = hi->spec;
+        const double d_lo = center - l.rating;
+        const double d_hi = h.rating - center;
+        take_lo = d_lo != d_hi ? d_lo < d_hi
+                               : std::tie(l.enqueued_at, l.key) < std::tie(h.enqueued_at, h.key);
       }
-      const bool has_up = up != by_rating.end();
-      if (!has_down && !has_up) break;
-      bool take_down = has_down;
-      if (has_down && has_up) {
-        const TicketSpec& lo = std::prev(down)->second->spec;
-        const TicketSpec& hi = up->second->spec;
-        const double d_lo = center - lo.rating;
-        const double d_hi = hi.rating - center;
-        take_down = d_lo != d_hi
-                        ? d_lo < d_hi
-                        : std::tie(lo.enqueued_at, lo.key) < std::tie(hi.enqueued_at, hi.key);
+      const Ticket* next;
+      if (take_lo) {
+        next = lo;
+        lo = lo->lower;
+      } else {
+        next = hi;
+        hi = hi->higher;
       }
-      const Ticket* next = take_down ? (--down)->second : (up++)->second;
-      if (up != by_rating.end() && std::get<0>(up->first) != partition) up = by_rating.end();
-      if (visit(next->spec)) break;
+      const size_t members = group.size();
+      const bool stop = visit(*next);
+      if (group.size() > members) {
+        const TicketSpec*& first = take_lo ? lo_first : hi_first;
+        if (first == nullptr) first = &next->spec;
+        (take_lo ? lo_last : hi_last) = &next->spec;
+      }
+      if (stop) break;
     }
   } else {
     for (auto it = by_enqueue.lower_bound({partition, absl::InfinitePast(), 0});
          it != by_enqueue.end() && std::get<0>(it->first) == partition; ++it) {
       if (it->second == &anchor) continue;
-      if (visit(it->second->spec)) break;
+      if (visit(*it->second)) break;
     }
   }
   if (kept_out > 0) {
-    result.admit_at = LatencyAdmitAt(nearest_kept_out, anchor.spec.enqueued_at, now);
+    result.admit_at = LatencyAdmitAt(nearest_kept_out, anchor, now);
   }
 
   if (group_players < need) {
@@ -701,15 +986,24 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     return result;
   }
 
-  absl::Duration sum_wait;
-  absl::Duration min_wait = absl::InfiniteDuration();
-  result.lowest = result.highest = {partition, group[0].rating, group[0].key};
-  for (const Member& m : group) {
-    sum_wait += now - m.enqueued_at;
-    min_wait = std::min(min_wait, now - m.enqueued_at);
-    result.lowest = std::min(result.lowest, {partition, m.rating, m.key});
-    result.highest = std::max(result.highest, {partition, m.rating, m.key});
-    result.worst_latency = std::max<double>(result.worst_latency, m.latency);
+  if (rules.rated) {
+    // Without the anchor, a side with no member has its extreme on the other
+    // side: the member nearest the anchor there.
+    const TicketSpec* low = lo_last != nullptr ? lo_last : anchor_in ? &anchor.spec : hi_first;
+    const TicketSpec* high = hi_last != nullptr ? hi_last : anchor_in ? &anchor.spec : lo_first;
+    result.lowest = PosOf(*low);
+    result.highest = PosOf(*high);
+  } else {
+    result.lowest = result.highest = {partition, group[0].rating, group[0].key};
+    for (const Member& m : group) {
+      result.lowest = std::min(result.lowest, {partition, m.rating, m.key});
+      result.highest = std::max(result.highest, {partition, m.rating, m.key});
+    }
+  }
+  if (region >= 0) {  // else every member's latency is 0, as worst_latency
+    for (const Member& m : group) {
+      result.worst_latency = std::max<double>(result.worst_latency, m.latency);
+    }
   }
   result.spread = rules.rated ? std::get<1>(result.highest) - std::get<1>(result.lowest) : 0;
   if (rules.rated && rules.custom_rule != nullptr) {
@@ -719,30 +1013,95 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     if (!(result.penalty >= 0) || !std::isfinite(result.penalty)) result.penalty = 0;
   }
   const double judged = result.spread + result.penalty;
-  result.mean_wait = sum_wait / static_cast<int64_t>(group.size());
-  const bool by_mean = rules.wait_basis == QueueRules::WaitBasis::kMeanWait;
-  const absl::Duration basis_sum = by_mean ? sum_wait : min_wait;
-  const int64_t divisor = by_mean ? static_cast<int64_t>(group.size()) : 1;
-  if (AcceptedAt(judged, result.worst_latency, basis_sum, divisor, 0)) {
+  const Waits waits = GroupWaits(now);
+  result.wait_sum = waits.sum;
+  result.members = waits.count;
+  if (AcceptedAt(judged, result.worst_latency, waits, 0)) {
     result.outcome = Outcome::kAccepted;
   } else {
     result.outcome = Outcome::kRejected;
-    const double window = rules.WindowAt(basis_sum / divisor);
+    bool waited;
+    double seconds;
+    BasisWait(waits, &waited, &seconds);
+    const double window = WindowFor(rules, waited, seconds);
     result.blocker = result.spread > window ? Blocker::kRatingSpread
                      : judged > window      ? Blocker::kCustomRule
                                             : Blocker::kLatency;
-    result.acceptable_at = AcceptableAt(judged, result.worst_latency, basis_sum, divisor, now);
+    result.acceptable_at = AcceptableAt(judged, result.worst_latency, waits, now);
   }
   return result;
 }
 
-// Whether the group is acceptable `nanos` after the time at which its basis
-// waits sum to `basis_sum`. Exactly the test Process applies then: the sum
-// grows by divisor * nanos with no rounding. `latency` is the group's worst
-// latency in its region (0 without latency rules).
-bool Pool::Impl::AcceptedAt(double spread, double latency, absl::Duration basis_sum,
-                            int64_t divisor, int64_t nanos) const {
-  const absl::Duration wait = (basis_sum + absl::Nanoseconds(nanos) * divisor) / divisor;
+// The group's waits at `now`: in integer nanoseconds when every time is whole
+// and every wait in range (always, with a real clock), else in Duration.
+Pool::Impl::Waits Pool::Impl::GroupWaits(absl::Time now) {
+  Waits waits;
+  const bool by_mean = rules.wait_basis == QueueRules::WaitBasis::kMeanWait;
+  waits.count = static_cast<int64_t>(group.size());
+  waits.divisor = by_mean ? waits.count : 1;
+  const int64_t now_nanos = NowNanos(now);
+  if (now_nanos != kNotWholeNanos) {
+    int64_t sum_nanos = 0;
+    int64_t min_nanos = std::numeric_limits<int64_t>::max();
+    bool whole = true;
+    for (const Member& m : group) {
+      const int64_t wait = IntegerWaitNanos(m.enqueued_nanos, now_nanos);
+      if (wait < 0) {
+        whole = false;
+        break;
+      }
+      sum_nanos += wait;
+      min_nanos = std::min(min_nanos, wait);
+    }
+    if (whole) {
+      waits.sum = absl::Nanoseconds(sum_nanos);
+      waits.basis_sum = by_mean ? waits.sum : absl::Nanoseconds(min_nanos);
+      // Duration's division truncates, which for a sum >= 0 rounds down.
+      waits.basis_ticks =
+          by_mean ? sum_nanos * kTicksPerNanosecond / waits.count : min_nanos * kTicksPerNanosecond;
+      return waits;
+    }
+  }
+  absl::Duration min_wait = absl::InfiniteDuration();
+  for (const Member& m : group) {
+    waits.sum += now - m.enqueued_at;
+    min_wait = std::min(min_wait, now - m.enqueued_at);
+  }
+  waits.basis_sum = by_mean ? waits.sum : min_wait;
+  return waits;
+}
+
+void Pool::Impl::BasisWait(const Waits& waits, bool* waited, double* seconds) {
+  if (waits.basis_ticks >= 0) {
+    *waited = TicksWaited(waits.basis_ticks);
+    *seconds = TicksSeconds(waits.basis_ticks);
+  } else {
+    const absl::Duration wait = waits.basis_sum / waits.divisor;
+    *waited = wait > absl::ZeroDuration();
+    *seconds = absl::ToDoubleSeconds(wait);
+  }
+}
+
+// Whether the group is acceptable `nanos` (>= 0) after the time at which its
+// waits are `waits`. Exactly the test Process applies then: the basis sum
+// grows by divisor * nanos with no rounding, and the basis wait is that sum /
+// divisor in Duration arithmetic. `latency` is the group's worst latency in
+// its region (0 without latency rules).
+bool Pool::Impl::AcceptedAt(double spread, double latency, const Waits& waits,
+                            int64_t nanos) const {
+  if (waits.basis_ticks >= 0 && nanos >= 0 && nanos < kMaxExactTicks / kTicksPerNanosecond) {
+    // (sum + n * nanos) / n rounds down to exactly basis + nanos, as no term
+    // is negative; in ticks it stays exact in a double below kMaxExactTicks.
+    const int64_t ticks = waits.basis_ticks + nanos * kTicksPerNanosecond;
+    if (ticks < kMaxExactTicks) {
+      const bool waited = TicksWaited(ticks);
+      const double seconds = TicksSeconds(ticks);
+      return spread <= WindowFor(rules, waited, seconds) &&
+             (rules.region_count == 0 || latency <= LatencyLimitFor(rules, waited, seconds));
+    }
+  }
+  const absl::Duration wait =
+      (waits.basis_sum + absl::Nanoseconds(nanos) * waits.divisor) / waits.divisor;
   return spread <= rules.WindowAt(wait) &&
          (rules.region_count == 0 || latency <= rules.LatencyLimitAt(wait));
 }
@@ -752,17 +1111,17 @@ bool Pool::Impl::AcceptedAt(double spread, double latency, absl::Duration basis_
 // pinned with AcceptedAt itself so that a Process at the returned time always
 // matches and one a nanosecond earlier never does, whatever the rounding.
 std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, double latency,
-                                                   absl::Duration basis_sum, int64_t divisor,
-                                                   absl::Time now) const {
-  const absl::Duration wait_now = basis_sum / divisor;
-  const double waited = absl::ToDoubleSeconds(wait_now);
+                                                   const Waits& waits, absl::Time now) const {
+  bool positive;
+  double waited;
+  BasisWait(waits, &positive, &waited);
   double delay = 0;
-  if (spread > rules.WindowAt(wait_now)) {
+  if (spread > WindowFor(rules, positive, waited)) {
     if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) return std::nullopt;
     if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
     delay = (spread - rules.initial_window) / rules.widen_per_second - waited;
   }
-  if (rules.region_count > 0 && latency > rules.LatencyLimitAt(wait_now)) {
+  if (rules.region_count > 0 && latency > LatencyLimitFor(rules, positive, waited)) {
     if (!(rules.latency_widen_per_second > 0)) return std::nullopt;
     if (rules.latency_cap_ms != 0 && latency > rules.latency_cap_ms) return std::nullopt;
     delay = std::max(
@@ -774,7 +1133,7 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, double latency
   }
 
   const std::optional<int64_t> at = FirstNanosecond(delay, [&](int64_t nanos) {
-    return AcceptedAt(spread, latency, basis_sum, divisor, nanos);
+    return AcceptedAt(spread, latency, waits, nanos);
   });
   if (!at.has_value()) return std::nullopt;
   return now + absl::Nanoseconds(*at);
@@ -853,7 +1212,7 @@ void Pool::Impl::Commit(absl::Time now, const Evaluation& evaluation) {
   for (int i : split_order) match.teams[split_assign[i]].push_back(group[i].key);
   match.rating_spread = evaluation.spread;
   match.team_gap = rules.rated ? TeamGap(split_assign) : 0;
-  match.mean_wait = evaluation.mean_wait;
+  match.mean_wait = evaluation.wait_sum / evaluation.members;
   match.formed_at = now;
   match.region = evaluation.region;
   match.max_latency_ms = evaluation.region >= 0 ? evaluation.worst_latency : 0;
@@ -973,8 +1332,10 @@ void Pool::Impl::SplitFromPacking(bool by_rating_sum) {
     if (group[i].party_size == 1) split_order.push_back(static_cast<int>(i));
   }
   if (by_rating_sum) {
-    std::stable_sort(split_order.begin(), split_order.end(),
-                     [&](int a, int b) { return group[a].rating > group[b].rating; });
+    // Ties keep group order (std::stable_sort would allocate).
+    std::sort(split_order.begin(), split_order.end(), [&](int a, int b) {
+      return group[a].rating != group[b].rating ? group[a].rating > group[b].rating : a < b;
+    });
   }
   for (int i : split_order) {
     int best = -1;
@@ -1022,12 +1383,29 @@ absl::Status Pool::Add(const TicketSpec& ticket) {
   }
   Impl::Ticket& added = it->second;
   added.spec = ticket;
+  added.enqueued_nanos = WholeUnixNanos(ticket.enqueued_at);
   impl.players += ticket.party_size;
   if (ticket.expires_at != absl::InfiniteFuture()) {
-    impl.expiry.insert({ticket.expires_at, ticket.key});
+    added.in_expiry = impl.expiry.insert({ticket.expires_at, ticket.key}).first;
   }
   if (rules_.rated) {
-    impl.by_rating.emplace(Impl::PosOf(ticket), &added);
+    const auto pos = impl.by_rating.emplace(Impl::PosOf(ticket), &added).first;
+    added.in_rating = pos;
+    // Linked to its neighbours in its own partition only.
+    if (pos != impl.by_rating.begin()) {
+      Impl::Ticket* const prev = std::prev(pos)->second;
+      if (prev->spec.partition == ticket.partition) {
+        added.lower = prev;
+        prev->higher = &added;
+      }
+    }
+    if (std::next(pos) != impl.by_rating.end()) {
+      Impl::Ticket* const next = std::next(pos)->second;
+      if (next->spec.partition == ticket.partition) {
+        added.higher = next;
+        next->lower = &added;
+      }
+    }
   } else {
     impl.by_enqueue.emplace(std::make_tuple(ticket.partition, ticket.enqueued_at, ticket.key),
                             &added);
@@ -1066,27 +1444,22 @@ void Pool::Process(absl::Time now) {
     impl.MarkChanged(Impl::PosOf(spec), Impl::PosOf(spec), &spec);
     impl.listener->OnExpired(key);
   }
-  // Terminates: every entry popped is gone for good, retries are pushed
-  // strictly after `now`, and re-marks only follow a withdrawal or a match,
-  // which shrink the pool.
-  while (!impl.due.empty() && impl.due.front().retry_at <= now) {
-    const Impl::DueEntry entry = impl.due.front();
-    std::pop_heap(impl.due.begin(), impl.due.end(), Impl::DueAfter);
-    impl.due.pop_back();
-    if (!impl.IsLive(entry)) continue;
-    Impl::Ticket& anchor = impl.tickets.at(entry.key);
-    anchor.due_gen = 0;
-    anchor.due_at = absl::InfiniteFuture();
+  const absl::Time next_nanosecond = now + absl::Nanoseconds(1);
+  // Terminates: retries are set strictly after `now`, and re-marks only
+  // follow a withdrawal or a match, which shrink the pool.
+  while (Impl::Ticket* const due = impl.PopDue(now)) {
+    Impl::Ticket& anchor = *due;
     const Impl::Evaluation evaluation = impl.Evaluate(anchor, now, impl.players);
     switch (evaluation.outcome) {
       case Impl::Outcome::kNoGroup:
-      case Impl::Outcome::kRejected:
+      case Impl::Outcome::kRejected: {
         // Without a retry time only a change to the pool can help, and
         // MarkChanged re-marks the tickets it may help.
-        if (const auto retry = evaluation.RetryAt(); retry.has_value()) {
-          impl.MarkDue(anchor, std::max(*retry, now + absl::Nanoseconds(1)));
-        }
+        std::optional<absl::Time> retry = evaluation.RetryAt();
+        if (retry.has_value()) retry = std::max(*retry, next_nanosecond);
+        impl.SetRetry(anchor, retry);
         break;
+      }
       case Impl::Outcome::kAccepted:
         impl.Commit(now, evaluation);
         break;
@@ -1095,11 +1468,11 @@ void Pool::Process(absl::Time now) {
 }
 
 absl::Time Pool::NextWakeup() const {
-  // Dropping stale entries changes no observable state.
-  impl_->PruneDueTop();
+  // Due at InfinitePast; and with due_now empty, no due_later entry is void.
+  if (!impl_->due_now.empty()) return absl::InfinitePast();
   absl::Time next = absl::InfiniteFuture();
   if (!impl_->expiry.empty()) next = impl_->expiry.begin()->first;
-  if (!impl_->due.empty()) next = std::min(next, impl_->due.front().retry_at);
+  if (!impl_->due_later.empty()) next = std::min(next, impl_->due_later.top().at);
   return next;
 }
 

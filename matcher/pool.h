@@ -180,6 +180,10 @@ class PoolListener {
 };
 
 // One queue's waiting tickets. Not thread-safe: one owner thread.
+//
+// Memory: the pool owns all of its state and keeps the memory of its
+// high-water mark (ticket nodes are recycled, see matcher/node_pool.h), so a
+// pool whose size is steady allocates nothing per ticket.
 class Pool final {
  public:
   // `listener` is not owned and must outlive the pool.

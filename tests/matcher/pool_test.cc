@@ -223,6 +223,49 @@ TEST(PoolTest, PairOutsideWindowMatchesExactlyWhenWindowCoversIt) {
   EXPECT_EQ(listener.matches[0].formed_at, widened);
 }
 
+// absl::Time counts quarter nanoseconds; the pool's integer arithmetic on
+// waits only takes whole ones, and must not change a result otherwise.
+TEST(PoolTest, SubNanosecondTimesMatchExactlyWhenWindowCoversThem) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 100, 10), &listener);
+  const absl::Duration quarter = absl::Nanoseconds(1) / 4;
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0 + quarter)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1150, kT0 + 3 * quarter)).ok());
+  pool.Process(kT0 + absl::Seconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  // The mean wait reaches 5 s half a nanosecond after kT0 + 5 s.
+  const absl::Time widened = kT0 + absl::Seconds(5) + absl::Nanoseconds(1);
+  EXPECT_EQ(pool.NextWakeup(), widened);
+  EXPECT_EQ(pool.Explain(1, kT0 + absl::Seconds(2)).acceptable_at, widened);
+  pool.Process(widened - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(widened);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(5) + 2 * quarter);
+}
+
+// The same for the youngest-wait basis: the newcomer's own wait decides.
+TEST(PoolTest, YoungestWaitBasisIsExactWithSubNanosecondTimes) {
+  RecordingListener listener;
+  QueueRules rules = Rated(2, 1, 1, 100, 10);
+  rules.wait_basis = QueueRules::WaitBasis::kYoungestWait;
+  Pool pool(rules, &listener);
+  const absl::Duration quarter = absl::Nanoseconds(1) / 4;
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0 + quarter)).ok());
+  ASSERT_TRUE(pool.Add(Ticket(2, 1250, kT0 + absl::Seconds(10) + 3 * quarter)).ok());
+  pool.Process(kT0 + absl::Seconds(11));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  // The newcomer has waited 15 s a quarter nanosecond before kT0 + 25 s + 1 ns.
+  const absl::Time acceptable = kT0 + absl::Seconds(25) + absl::Nanoseconds(1);
+  EXPECT_EQ(pool.NextWakeup(), acceptable);
+  EXPECT_EQ(pool.Explain(2, kT0 + absl::Seconds(20)).acceptable_at, acceptable);
+  pool.Process(acceptable - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(acceptable);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(20) + 2 * quarter);
+}
+
 TEST(PoolTest, AcceptanceUsesTheMeanWaitOfTheGroup) {
   RecordingListener listener;
   Pool pool(Rated(2, 1, 1, 100, 10), &listener);
@@ -370,6 +413,36 @@ TEST(PoolTest, LatencyLimitWidensWithTheGroupsMeanWait) {
   EXPECT_THAT(listener.matches, IsEmpty());
   pool.Process(wake);
   ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].max_latency_ms, 100);
+}
+
+// A widening latency limit with times that are not whole nanoseconds: a
+// ticket's own limit (who may take part) and the group's (acceptance).
+TEST(PoolTest, LatencyWideningIsExactWithSubNanosecondTimes) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 10), &listener);
+  const absl::Duration quarter = absl::Nanoseconds(1) / 4;
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0 + quarter), {100, -1, -1})).ok());
+  const absl::Time later = kT0 + absl::Seconds(2) + 3 * quarter;
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, later), {50, -1, -1})).ok());
+  pool.Process(kT0 + absl::Seconds(3));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  // Ticket 1's own limit reaches 100 ms once it has waited 4 s.
+  EXPECT_EQ(pool.NextWakeup(), kT0 + absl::Seconds(4) + absl::Nanoseconds(1));
+  // Ticket 2's limit lets ticket 1 in once ticket 2 has waited 4 s.
+  const Explanation e = pool.Explain(2, kT0 + absl::Seconds(3));
+  EXPECT_EQ(e.blocker, Blocker::kLatency);
+  EXPECT_EQ(e.acceptable_at, kT0 + absl::Seconds(6) + absl::Nanoseconds(1));
+  pool.Process(kT0 + absl::Seconds(4) + absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  // The pair's mean wait reaches 4 s half a nanosecond before kT0 + 5 s + 1 ns.
+  const absl::Time wake = kT0 + absl::Seconds(5) + absl::Nanoseconds(1);
+  EXPECT_EQ(pool.NextWakeup(), wake);
+  pool.Process(wake - absl::Nanoseconds(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(wake);
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(4) + 2 * quarter);
   EXPECT_EQ(listener.matches[0].max_latency_ms, 100);
 }
 
