@@ -804,6 +804,8 @@ Pool::Impl::Evaluation Pool::Impl::Evaluate(const Ticket& anchor, absl::Time now
     const int shape_teams = fewer_teams ? k : rules.team_count;
     const int shape_size = fewer_teams ? 1 : k;
     if (shape_teams * shape_size < rules.min_players) break;
+    // Teams too small for the anchor's own party: every smaller shape is too.
+    if (anchor.spec.party_size > shape_size) break;
     SetShape(shape_teams, shape_size);
     Evaluation partial = EvaluateRegions(anchor, now, live_players);
     if (partial.outcome == Outcome::kAccepted) return partial;

@@ -518,6 +518,24 @@ TEST(PoolTest, TeamModeStartsWithEqualTeamsShortOfPlayers) {
   EXPECT_EQ(pool.tickets_waiting(), 1u);
 }
 
+TEST(PoolTest, PartialLobbyNeverLeavesOutItsAnchor) {
+  RecordingListener listener;
+  // 5v5 that may start as small as 2v2 after 10 s: a party of 5 fits no smaller shape.
+  Pool pool(Partial(Rated(2, 5, 5, 1000, 0), 4, absl::Seconds(10)), &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1500, kT0, /*party_size=*/5)).ok());
+  for (TicketKey key = 2; key <= 5; ++key) {
+    ASSERT_TRUE(pool.Add(Ticket(key, 1500, kT0 + absl::Seconds(1))).ok());
+  }
+  // The party's partial_after ends at 10 s, but it cannot anchor a 2v2 it is
+  // not in; the solos' own partial_after ends at 11 s.
+  pool.Process(kT0 + absl::Seconds(10));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  pool.Process(kT0 + absl::Seconds(11));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(2, 3, 4, 5));
+  EXPECT_TRUE(pool.Contains(1));
+}
+
 TEST(PoolTest, FullMatchIsPreferredOverAPartialOne) {
   RecordingListener listener;
   Pool pool(Partial(Rated(2, 5, 5, 1000, 0), 6, absl::ZeroDuration()), &listener);
