@@ -897,20 +897,21 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
   // Always fits a full match (party_size <= team_size), but may not fit a
   // partial lobby's smaller teams: the walk then gathers a group without it.
   const bool anchor_in = TryAdd(anchor);
-  // Players not yet visited; once fewer than the open slots, stop walking.
-  int unvisited = live_players - anchor.spec.party_size;
+  // The walk goes on until the group is full or the partition ends. It does
+  // not stop when too few players are left in the whole pool to fill the
+  // group: what it meets on the way (a ticket the latency limit keeps out
+  // now) decides when to look again, and that must not depend on tickets
+  // outside the anchor's reach.
   // Players of the partition seen, and how many the latency limit kept out.
   int seen = anchor.spec.party_size;
   int kept_out = 0;
   double nearest_kept_out = kInfinity;  // the lowest latency kept out
-  bool stopped_early = false;
   // Returns true when the walk should stop. Inlined into both walks (GCC
   // would call it: a call per candidate is ~5 % of a 5v5 queue's time).
   auto visit = [&](const Ticket& ticket) ABSL_ATTRIBUTE_ALWAYS_INLINE {
     const TicketSpec& spec = ticket.spec;
     // Only Explain() can meet such a ticket: Process() expires it first.
     if (spec.expires_at <= now) return false;
-    unvisited -= spec.party_size;
     seen += spec.party_size;
     if (rules.custom_rule != nullptr && !rules.custom_rule->Compatible(anchor.spec, spec)) {
       // Kept apart by the studio's rule: as if not there.
@@ -922,8 +923,7 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     } else {
       TryAdd(ticket);
     }
-    stopped_early = group_players == need || unvisited < need - group_players;
-    return stopped_early;
+    return group_players == need;
   };
 
   // Rated: the members taken on either side of the anchor, first and last.
@@ -980,9 +980,9 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
   if (group_players < need) {
     // Why not: too few players who may meet at all, the latency limit, or
     // the parties' sizes.
-    result.blocker = !stopped_early && seen < need ? Blocker::kNotEnoughPlayers
-                     : kept_out > 0               ? Blocker::kLatency
-                                                  : Blocker::kTeamPacking;
+    result.blocker = seen < need    ? Blocker::kNotEnoughPlayers
+                     : kept_out > 0 ? Blocker::kLatency
+                                    : Blocker::kTeamPacking;
     // The latency that keeps the group from forming.
     if (result.blocker == Blocker::kLatency) result.worst_latency = nearest_kept_out;
     return result;

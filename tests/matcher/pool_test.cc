@@ -446,6 +446,37 @@ TEST(PoolTest, LatencyWideningIsExactWithSubNanosecondTimes) {
   EXPECT_EQ(listener.matches[0].max_latency_ms, 100);
 }
 
+TEST(PoolTest, LatencyRetryDoesNotDependOnTicketsOutOfReach) {
+  RecordingListener listener;
+  // 2v2, one region: limit 50 ms, widening 10 ms/s.
+  Pool pool(WithRegions(Rated(2, 2, 1, 1000, 0), 50, 10), &listener);
+  auto add = [&](TicketKey key, double rating, uint16_t latency, uint64_t partition) {
+    TicketSpec spec = Ticket(key, rating, kT0);
+    spec.latency_ms[0] = latency;
+    spec.partition = partition;
+    ASSERT_TRUE(pool.Add(spec).ok());
+  };
+  // From ticket 1 outwards: 2 is in, 3 is kept out until 5 s, 4 until 3 s.
+  add(1, 1000, 10, 1);
+  add(2, 1001, 10, 1);
+  add(3, 1002, 100, 1);
+  add(4, 1003, 80, 1);
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  Explanation explanation = pool.Explain(1, kT0);
+  EXPECT_EQ(explanation.blocker, Blocker::kLatency);
+  EXPECT_EQ(explanation.acceptable_at, kT0 + absl::Seconds(3));
+  EXPECT_LE(pool.NextWakeup(), kT0 + absl::Seconds(3));
+  // A ticket in another partition changes nothing for ticket 1.
+  add(5, 1000, 10, 2);
+  pool.Process(kT0);
+  EXPECT_EQ(pool.Explain(1, kT0).acceptable_at, kT0 + absl::Seconds(3));
+  // At 5 s everyone is in.
+  pool.Process(kT0 + absl::Seconds(5));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(1, 2, 3, 4));
+}
+
 TEST(PoolTest, LatencyCapIsNeverExceeded) {
   RecordingListener listener;
   Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 10, /*cap=*/90), &listener);
