@@ -178,12 +178,21 @@ Scenario OneVsOneRegions() {
   return s;
 }
 
+// Initial windows from the arrival rate (QueueRules::wait_cost): about 20
+// rating points near the mean at 1000 arrivals/s.
+QueueRules WithWaitCost(QueueRules rules) {
+  rules.initial_window = 0;
+  rules.wait_cost = 1000;
+  return rules;
+}
+
 const Scenario kScenarios[] = {
     {"1v1", Rated(1, 1), false},
     {"5v5_solo", Rated(5, 1), false},
     {"5v5_parties", Rated(5, 5), true},
     // Partitions and latency regions (widening limit).
     OneVsOneRegions(),
+    {"1v1_cost", WithWaitCost(Rated(1, 1)), false},
 };
 // kScenarios[0..kBaseScenarios): the main --digest streams' scenarios (the
 // last one has its own streams, see FeatureScenarios).
@@ -257,6 +266,12 @@ std::vector<FeatureScenario> FeatureScenarios() {
     rules.min_players = 6;
     rules.partial_after = absl::Seconds(5);
     scenarios.push_back({{"5v5p_partial", rules, true}, 100'000, 20, 30});
+  }
+  {
+    scenarios.push_back({kScenarios[4], 300'000});
+    QueueRules rules = WithWaitCost(Rated(5, 5));
+    rules.wait_cost = 20000;
+    scenarios.push_back({{"5v5p_cost", rules, true}, 300'000});
   }
   return scenarios;
 }
@@ -517,6 +532,8 @@ void Args(benchmark::internal::Benchmark* b) {
   b->Args({2, 10000});
   // Partitions and latency regions.
   b->Args({3, 1000});
+  // Windows from the arrival rate.
+  b->Args({4, 1000});
 }
 BENCHMARK(BM_Pool)->Apply(Args);
 

@@ -9,6 +9,7 @@
 
 #include "absl/base/attributes.h"
 #include "absl/strings/str_cat.h"
+#include "matcher/arrival_density.h"
 #include "matcher/node_pool.h"
 
 namespace matchd::matcher {
@@ -67,9 +68,11 @@ int64_t IntegerWaitNanos(int64_t from, int64_t to) {
 // QueueRules::WindowAt and LatencyLimitAt for a wait that is positive or not
 // (`waited`) and lasts `wait_seconds`: the one formula for the Duration and
 // the integer callers.
-double WindowFor(const QueueRules& rules, bool waited, double wait_seconds) {
+// `initial` is the group's initial window: rules.initial_window, or with
+// wait_cost the mean of its members'.
+double WindowFor(const QueueRules& rules, double initial, bool waited, double wait_seconds) {
   if (!rules.rated) return kInfinity;
-  double window = rules.initial_window;
+  double window = initial;
   // Tested separately so that an infinite wait with no widening is not NaN.
   if (rules.widen_per_second > 0 && waited) window += rules.widen_per_second * wait_seconds;
   if (rules.max_window != 0) window = std::min(window, rules.max_window);
@@ -95,7 +98,8 @@ double TicksSeconds(int64_t ticks) {
 
 double QueueRules::WindowAt(absl::Duration wait) const {
   const bool waited = wait > absl::ZeroDuration();
-  return WindowFor(*this, waited, waited && widen_per_second > 0 ? absl::ToDoubleSeconds(wait) : 0);
+  return WindowFor(*this, initial_window, waited,
+                   waited && widen_per_second > 0 ? absl::ToDoubleSeconds(wait) : 0);
 }
 
 double QueueRules::LatencyLimitAt(absl::Duration wait) const {
@@ -130,6 +134,15 @@ absl::Status ValidateRules(const QueueRules& rules) {
   }
   if (!IsFiniteNonNegative(rules.max_window)) {
     return invalid("max_window must be finite and >= 0, got ", rules.max_window);
+  }
+  if (!IsFiniteNonNegative(rules.wait_cost)) {
+    return invalid("wait_cost must be finite and >= 0, got ", rules.wait_cost);
+  }
+  if (rules.wait_cost > 0 && !rules.rated) {
+    return invalid("wait_cost needs a rated queue");
+  }
+  if (rules.wait_cost > 0 && rules.wait_basis != QueueRules::WaitBasis::kMeanWait) {
+    return invalid("wait_cost needs the mean-wait basis");
   }
   if (rules.max_window != 0 && rules.max_window < rules.initial_window) {
     return invalid("max_window must be 0 (no cap) or >= initial_window (", rules.initial_window,
@@ -196,6 +209,9 @@ struct Pool::Impl {
     Ticket* lower = nullptr;
     Ticket* higher = nullptr;
     int64_t enqueued_nanos = kNotWholeNanos;  // WholeUnixNanos(spec.enqueued_at)
+    // Its initial rating window: rules.initial_window, or with wait_cost the
+    // one its arrival rate sets (fixed when it is added).
+    double initial_window = 0;
     // The ticket's entries in due_now and due_later, or kNotDue.
     size_t now_pos = kNotDue;
     size_t later_pos = kNotDue;
@@ -321,6 +337,7 @@ struct Pool::Impl {
     double rating;
     absl::Time enqueued_at;
     int64_t enqueued_nanos;  // Ticket::enqueued_nanos
+    double initial_window;   // Ticket::initial_window
     int bin;  // team in the feasibility packing; parties of 2+ only
     uint16_t latency;  // in the evaluated region; 0 without latency rules
     const TicketSpec* spec;  // valid while the group is evaluated
@@ -341,6 +358,8 @@ struct Pool::Impl {
     // else -1, and the acceptance tests use Duration arithmetic. The two give
     // bit-identical results.
     int64_t basis_ticks = -1;
+    // The group's initial window (see WindowFor).
+    double initial_window = 0;
   };
 
   enum class Outcome { kNoGroup, kRejected, kAccepted };
@@ -446,6 +465,8 @@ struct Pool::Impl {
   // size is steady does not allocate per ticket. Declared before them: it
   // must outlive them.
   NodePool nodes;
+  // Recent arrivals, with wait_cost.
+  ArrivalDensity density;
 
   // unordered_map nodes are stable, so the indexes may point into it. Its
   // bucket array grows with the high-water mark (from operator new).
@@ -708,6 +729,7 @@ inline bool Pool::Impl::TryAdd(const Ticket& ticket) {
   member.rating = spec.rating;
   member.enqueued_at = spec.enqueued_at;
   member.enqueued_nanos = ticket.enqueued_nanos;
+  member.initial_window = ticket.initial_window;
   member.bin = -1;
   member.latency = eval_region >= 0 ? spec.latency_ms[eval_region] : uint16_t{0};
   member.spec = &spec;
@@ -1025,7 +1047,7 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     bool waited;
     double seconds;
     BasisWait(waits, &waited, &seconds);
-    const double window = WindowFor(rules, waited, seconds);
+    const double window = WindowFor(rules, waits.initial_window, waited, seconds);
     result.blocker = result.spread > window ? Blocker::kRatingSpread
                      : judged > window      ? Blocker::kCustomRule
                                             : Blocker::kLatency;
@@ -1041,6 +1063,12 @@ Pool::Impl::Waits Pool::Impl::GroupWaits(absl::Time now) {
   const bool by_mean = rules.wait_basis == QueueRules::WaitBasis::kMeanWait;
   waits.count = static_cast<int64_t>(group.size());
   waits.divisor = by_mean ? waits.count : 1;
+  waits.initial_window = rules.initial_window;
+  if (rules.wait_cost > 0) {
+    double sum = 0;
+    for (const Member& m : group) sum += m.initial_window;
+    waits.initial_window = sum / static_cast<double>(waits.count);
+  }
   const int64_t now_nanos = NowNanos(now);
   if (now_nanos != kNotWholeNanos) {
     int64_t sum_nanos = 0;
@@ -1098,13 +1126,14 @@ bool Pool::Impl::AcceptedAt(double spread, double latency, const Waits& waits,
     if (ticks < kMaxExactTicks) {
       const bool waited = TicksWaited(ticks);
       const double seconds = TicksSeconds(ticks);
-      return spread <= WindowFor(rules, waited, seconds) &&
+      return spread <= WindowFor(rules, waits.initial_window, waited, seconds) &&
              (rules.region_count == 0 || latency <= LatencyLimitFor(rules, waited, seconds));
     }
   }
   const absl::Duration wait =
       (waits.basis_sum + absl::Nanoseconds(nanos) * waits.divisor) / waits.divisor;
-  return spread <= rules.WindowAt(wait) &&
+  return spread <= WindowFor(rules, waits.initial_window, wait > absl::ZeroDuration(),
+                             absl::ToDoubleSeconds(wait)) &&
          (rules.region_count == 0 || latency <= rules.LatencyLimitAt(wait));
 }
 
@@ -1118,10 +1147,10 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, double latency
   double waited;
   BasisWait(waits, &positive, &waited);
   double delay = 0;
-  if (spread > WindowFor(rules, positive, waited)) {
+  if (spread > WindowFor(rules, waits.initial_window, positive, waited)) {
     if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) return std::nullopt;
     if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
-    delay = (spread - rules.initial_window) / rules.widen_per_second - waited;
+    delay = (spread - waits.initial_window) / rules.widen_per_second - waited;
   }
   if (rules.region_count > 0 && latency > LatencyLimitFor(rules, positive, waited)) {
     if (!(rules.latency_widen_per_second > 0)) return std::nullopt;
@@ -1386,6 +1415,14 @@ absl::Status Pool::Add(const TicketSpec& ticket) {
   Impl::Ticket& added = it->second;
   added.spec = ticket;
   added.enqueued_nanos = WholeUnixNanos(ticket.enqueued_at);
+  added.initial_window = rules_.initial_window;
+  if (rules_.wait_cost > 0) {
+    impl.density.Record(ticket.rating, ticket.enqueued_at);
+    double window = std::max(rules_.initial_window,
+                             impl.density.WindowFor(ticket.rating, rules_.wait_cost));
+    if (rules_.max_window != 0) window = std::min(window, rules_.max_window);
+    added.initial_window = window;
+  }
   impl.players += ticket.party_size;
   if (ticket.expires_at != absl::InfiniteFuture()) {
     added.in_expiry = impl.expiry.insert({ticket.expires_at, ticket.key}).first;
@@ -1487,7 +1524,12 @@ Explanation Pool::Explain(TicketKey key, absl::Time now) const {
   if (it == impl_->tickets.end()) return explanation;
   const Impl::Ticket& ticket = it->second;
   explanation.waited = now - ticket.spec.enqueued_at;
-  explanation.window = rules_.rated ? rules_.WindowAt(explanation.waited) : 0;
+  if (rules_.rated) {
+    const bool waited = explanation.waited > absl::ZeroDuration();
+    explanation.initial_window = ticket.initial_window;
+    explanation.window = WindowFor(rules_, ticket.initial_window, waited,
+                                   waited ? absl::ToDoubleSeconds(explanation.waited) : 0);
+  }
   explanation.latency_limit_ms =
       rules_.region_count > 0 ? rules_.LatencyLimitAt(explanation.waited) : 0;
   // Evaluate only touches scratch state.

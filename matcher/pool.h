@@ -44,6 +44,13 @@ struct QueueRules {
   double initial_window = 0;
   double widen_per_second = 0;
   double max_window = 0;  // 0: no cap
+  // > 0: each ticket's initial window comes from how often tickets arrive
+  // near its rating (matcher/arrival_density.h): the window at which waiting
+  // for a closer partner stops paying, when one second of waiting is worth
+  // `wait_cost` rating points of gap. At least initial_window, at most
+  // max_window. A group's initial window is the mean of its members'.
+  // Needs kMeanWait.
+  double wait_cost = 0;
   absl::Duration max_wait = absl::Seconds(120);
   // Whose wait the window is taken at when a group is judged.
   //  kMeanWait (the default; what matchd's config uses): the group's mean
@@ -80,7 +87,9 @@ struct QueueRules {
   static constexpr int kMaxPlayersPerMatch = 200;
 
   int players_per_match() const { return team_count * team_size; }
-  // The rating window accepted after waiting `wait`. Infinite for unrated queues.
+  // The rating window accepted after waiting `wait` for a group whose initial
+  // window is initial_window (with wait_cost, a group's may be wider).
+  // Infinite for unrated queues.
   double WindowAt(absl::Duration wait) const;
   // The latency limit after waiting `wait`, ms.
   double LatencyLimitAt(absl::Duration wait) const;
@@ -146,6 +155,7 @@ enum class Blocker {
 struct Explanation {
   absl::Duration waited;
   double window = 0;         // this ticket's own window now (0 if unrated)
+  double initial_window = 0; // this ticket's own initial window (see wait_cost)
   int players_waiting = 0;   // in the whole pool
   int players_needed = 0;    // players_per_match
   Blocker blocker = Blocker::kNotEnoughPlayers;

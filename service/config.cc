@@ -64,6 +64,10 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
     r.initial_window = q.rating().initial_window();
     r.widen_per_second = q.rating().widen_per_second();
     r.max_window = q.rating().max_window();
+    r.wait_cost = q.rating().wait_cost();
+    if (!(std::isfinite(r.wait_cost) && r.wait_cost >= 0)) {
+      return invalid("rating.wait_cost must be a finite number >= 0");
+    }
   }
   r.max_wait = q.has_max_wait() ? FromProto(q.max_wait()) : absl::Seconds(120);
   if (r.max_wait <= absl::ZeroDuration() || r.max_wait > absl::Hours(1)) {

@@ -58,6 +58,9 @@ ABSL_FLAG(int, team_size, 1, "Players per team.");
 ABSL_FLAG(double, initial_window, 0, "Rating window at zero wait.");
 ABSL_FLAG(double, widen, 5, "Rating window widening per second of wait.");
 ABSL_FLAG(double, max_window, 0, "Cap of the rating window; 0: none.");
+ABSL_FLAG(double, wait_cost, 0,
+          "Rating points one second of wait is worth: > 0 sets each ticket's initial window from "
+          "the arrival rate near its rating (the queue's waitCost).");
 ABSL_FLAG(double, max_wait, 600, "Longest wait before a ticket expires, seconds.");
 ABSL_FLAG(double, batch_interval, 15, "Interval of the batch baseline, seconds.");
 ABSL_FLAG(double, offline_cost, 2,
@@ -113,6 +116,7 @@ matcher::QueueRules BaseRules() {
   rules.initial_window = absl::GetFlag(FLAGS_initial_window);
   rules.widen_per_second = absl::GetFlag(FLAGS_widen);
   rules.max_window = absl::GetFlag(FLAGS_max_window);
+  rules.wait_cost = absl::GetFlag(FLAGS_wait_cost);
   rules.max_wait = absl::Seconds(absl::GetFlag(FLAGS_max_wait));
   if (!absl::GetFlag(FLAGS_regions).empty()) {
     rules.region_count =
@@ -134,7 +138,11 @@ absl::StatusOr<AlgorithmSpec> MakeAlgorithm(const std::string& name, double knob
     if (!std::isnan(knob)) spec.rules.widen_per_second = knob;
     if (name == "both-windows") {
       spec.rules.wait_basis = matcher::QueueRules::WaitBasis::kYoungestWait;
+      spec.rules.wait_cost = 0;
     }
+  } else if (name == "matchd-cost") {
+    // matchd with windows from the arrival rate, swept over wait_cost.
+    if (!std::isnan(knob)) spec.rules.wait_cost = knob;
   } else if (name == "batch") {
     spec.interval_s = std::isnan(knob) ? absl::GetFlag(FLAGS_batch_interval) : knob;
     // No window: every group of nearest ratings is taken at the tick.
@@ -152,7 +160,7 @@ absl::StatusOr<AlgorithmSpec> MakeAlgorithm(const std::string& name, double knob
 
 std::string KnobName(const std::string& algorithm) {
   if (algorithm == "batch") return "interval_s";
-  if (algorithm == "offline") return "wait_cost";
+  if (algorithm == "offline" || algorithm == "matchd-cost") return "wait_cost";
   if (algorithm == "fifo") return "-";
   return "widen_per_s";
 }
@@ -161,6 +169,7 @@ std::vector<double> SweepKnobs(const std::string& algorithm) {
   if (algorithm == "batch") return {1, 2, 5, 10, 15, 30, 60};
   if (algorithm == "offline") return {0.25, 0.5, 1, 2, 4, 8, 16, 32};
   if (algorithm == "fifo") return {std::nan("")};
+  if (algorithm == "matchd-cost") return {0.5, 1, 2, 4, 8, 16, 32, 64};
   return {0.25, 0.5, 1, 2, 4, 8, 16, 32, 64};
 }
 

@@ -47,6 +47,11 @@ TicketSpec Ticket(TicketKey key, double rating, absl::Time enqueued_at, int part
   return spec;
 }
 
+TicketSpec InPartition(TicketSpec spec, uint64_t partition) {
+  spec.partition = partition;
+  return spec;
+}
+
 QueueRules Rated(int team_count, int team_size, int max_party_size, double initial_window,
                  double widen_per_second, double max_window = 0) {
   QueueRules rules;
@@ -65,6 +70,11 @@ QueueRules Unrated(int team_count, int team_size, int max_party_size) {
   rules.team_count = team_count;
   rules.team_size = team_size;
   rules.max_party_size = max_party_size;
+  return rules;
+}
+
+QueueRules WithWaitCost(QueueRules rules, double wait_cost) {
+  rules.wait_cost = wait_cost;
   return rules;
 }
 
@@ -151,6 +161,17 @@ TEST(ValidateRulesTest, NamesTheOffendingField) {
   regions.latency_widen_per_second = 1;
   regions.latency_cap_ms = 40;
   cases.push_back({regions, "latency_cap_ms"});
+  QueueRules cost = Rated(2, 1, 1, 0, 1);
+  cost.wait_cost = -1;
+  cases.push_back({cost, "wait_cost"});
+  cost.wait_cost = std::numeric_limits<double>::infinity();
+  cases.push_back({cost, "wait_cost"});
+  cost.wait_cost = 4;
+  cost.wait_basis = QueueRules::WaitBasis::kYoungestWait;
+  cases.push_back({cost, "wait_cost"});
+  QueueRules unrated_cost = Unrated(2, 1, 1);
+  unrated_cost.wait_cost = 4;
+  cases.push_back({unrated_cost, "wait_cost"});
   for (const Case& c : cases) {
     const absl::Status status = ValidateRules(c.rules);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
@@ -289,6 +310,51 @@ TEST(PoolTest, AcceptanceUsesTheMeanWaitOfTheGroup) {
   EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(15));
 }
 
+TEST(PoolTest, WaitCostWidensTheWindowWherePlayersAreRare) {
+  RecordingListener listener;
+  QueueRules rules = Rated(2, 1, 1, 0, 0);  // no window but the arrival rate's
+  rules.wait_cost = 4;
+  Pool pool(rules, &listener);
+  // Partition 1 sets the arrival rate: three quarters of the arrivals in
+  // [1400, 1600), a quarter spread over [1600, 2400).
+  absl::Time now = kT0;
+  TicketKey key = 1;
+  for (int i = 0; i < 512; ++i, ++key) {
+    TicketSpec spec = Ticket(key, i % 4 == 3 ? 1600 + 800.0 * ((i * 7) % 128) / 128
+                                             : 1400 + 200.0 * ((i * 7) % 384) / 384,
+                             now);
+    spec.partition = 1;
+    ASSERT_TRUE(pool.Add(spec).ok());
+    pool.Process(now);
+    now += absl::Milliseconds(100);
+  }
+  const size_t warmup_matches = listener.matches.size();
+  // The same gap near 1500 (dense) and near 2000 (12x sparser), each pair in
+  // a partition of its own.
+  TicketSpec dense = InPartition(Ticket(1001, 1500, now), 2);
+  TicketSpec sparse = InPartition(Ticket(2001, 2000, now), 3);
+  ASSERT_TRUE(pool.Add(dense).ok());
+  ASSERT_TRUE(pool.Add(sparse).ok());
+  const double dense_window = pool.Explain(1001, now).initial_window;
+  const double sparse_window = pool.Explain(2001, now).initial_window;
+  EXPECT_GT(dense_window, 0);
+  EXPECT_NEAR(sparse_window / dense_window, std::sqrt(12.0), 0.7);
+  EXPECT_EQ(pool.Explain(2001, now).window, sparse_window);
+  const double gap = 2 * dense_window;
+  dense.key = 1002;
+  dense.rating += gap;
+  sparse.key = 2002;
+  sparse.rating += gap;
+  ASSERT_TRUE(pool.Add(dense).ok());
+  ASSERT_TRUE(pool.Add(sparse).ok());
+  pool.Process(now);
+  ASSERT_EQ(listener.matches.size(), warmup_matches + 1);
+  EXPECT_THAT(AllKeys(listener.matches.back()), ElementsAre(2001, 2002));
+  // Without widening the dense pair waits for a closer partner.
+  EXPECT_TRUE(pool.Contains(1001));
+  EXPECT_EQ(pool.Explain(1001, now + absl::Hours(1)).blocker, Blocker::kRatingSpread);
+}
+
 TEST(PoolTest, YoungestWaitBasisNeedsEveryMembersOwnWindow) {
   RecordingListener listener;
   QueueRules rules = Rated(2, 1, 1, 100, 10);
@@ -332,20 +398,14 @@ QueueRules WithRegions(QueueRules rules, double max_ms, double widen, double cap
 TEST(PoolTest, PartitionsNeverMeet) {
   RecordingListener listener;
   Pool pool(Rated(2, 1, 1, 1000, 0), &listener);
-  TicketSpec en = Ticket(1, 1500, kT0);
-  en.partition = 1;
-  TicketSpec de = Ticket(2, 1500, kT0);
-  de.partition = 2;
-  ASSERT_TRUE(pool.Add(en).ok());
-  ASSERT_TRUE(pool.Add(de).ok());
+  ASSERT_TRUE(pool.Add(InPartition(Ticket(1, 1500, kT0), 1)).ok());
+  ASSERT_TRUE(pool.Add(InPartition(Ticket(2, 1500, kT0), 2)).ok());
   pool.Process(kT0);
   EXPECT_THAT(listener.matches, IsEmpty());
   EXPECT_EQ(pool.Explain(1, kT0).blocker, Blocker::kNotEnoughPlayers);
   EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
   // Further away in rating, but the same partition.
-  TicketSpec de2 = Ticket(3, 1900, kT0 + absl::Seconds(1));
-  de2.partition = 2;
-  ASSERT_TRUE(pool.Add(de2).ok());
+  ASSERT_TRUE(pool.Add(InPartition(Ticket(3, 1900, kT0 + absl::Seconds(1)), 2)).ok());
   pool.Process(kT0 + absl::Seconds(1));
   ASSERT_EQ(listener.matches.size(), 1u);
   EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(2, 3));
@@ -1151,7 +1211,17 @@ class Simulation : public PoolListener {
     }
     if (rules_.rated) {
       EXPECT_EQ(match.rating_spread, hi - lo);
-      EXPECT_LE(match.rating_spread, rules_.WindowAt(match.mean_wait));
+      // The group's initial window is its members' mean (QueueRules::wait_cost).
+      QueueRules group_rules = rules_;
+      double initial_sum = 0;
+      for (const auto& team : match.teams) {
+        for (TicketKey key : team) initial_sum += initial_.at(key);
+      }
+      group_rules.initial_window = initial_sum / tickets;
+      EXPECT_LE(match.rating_spread, group_rules.WindowAt(match.mean_wait) + 1e-9);
+      if (rules_.max_window != 0) {
+        EXPECT_LE(match.rating_spread, rules_.max_window);
+      }
       EXPECT_GE(match.team_gap, 0);
     } else {
       EXPECT_EQ(match.rating_spread, 0);
@@ -1197,6 +1267,17 @@ class Simulation : public PoolListener {
             now_ + absl::Milliseconds(std::uniform_int_distribution<int>(1000, 120000)(rng_));
         ASSERT_TRUE(pool_.Add(spec).ok());
         specs_[spec.key] = spec;
+        initial_[spec.key] = pool_.Explain(spec.key, now_).initial_window;
+        if (rules_.rated && rules_.wait_cost == 0) {
+          EXPECT_EQ(initial_[spec.key], rules_.initial_window);
+        }
+        if (rules_.wait_cost > 0) {
+          EXPECT_GE(initial_[spec.key], rules_.initial_window);
+          if (rules_.max_window != 0) {
+            EXPECT_LE(initial_[spec.key], rules_.max_window);
+          }
+          if (initial_[spec.key] > rules_.initial_window) ++widened_;
+        }
         waiting_.insert(spec.key);
         if (percent(rng_) < 5) gone_.insert(spec.key);
       } else if (action < 55 && !waiting_.empty()) {
@@ -1227,6 +1308,10 @@ class Simulation : public PoolListener {
     EXPECT_GT(matched_.size(), static_cast<size_t>(ticket_count) / 4);
     EXPECT_GT(withdrawn_, 0);
     EXPECT_GT(expired_, 0);
+    // With wait_cost, the arrival rate set the windows of most tickets.
+    if (rules_.wait_cost > 0) {
+      EXPECT_GT(widened_, ticket_count / 2);
+    }
   }
 
   const std::vector<FormedMatch>& log() const { return log_; }
@@ -1270,6 +1355,8 @@ class Simulation : public PoolListener {
   std::mt19937 rng_;
   absl::Time now_;
   std::map<TicketKey, TicketSpec> specs_;
+  std::map<TicketKey, double> initial_;  // each ticket's initial window
+  int widened_ = 0;
   std::set<TicketKey> waiting_;
   std::set<TicketKey> gone_;
   std::set<TicketKey> removed_;
@@ -1326,7 +1413,12 @@ INSTANTIATE_TEST_SUITE_P(
                       SimulationCase{"RatedFreeForAll8Partial",
                                      Partial(Rated(8, 1, 1, 200, 20, 0), 4, absl::Seconds(20))},
                       SimulationCase{"Rated5v5PartiesPartial",
-                                     Partial(Rated(2, 5, 5, 100, 10, 600), 6, absl::Seconds(15))}),
+                                     Partial(Rated(2, 5, 5, 100, 10, 600), 6, absl::Seconds(15))},
+                      SimulationCase{"Rated1v1WaitCost",
+                                     WithWaitCost(Rated(2, 1, 1, 5, 2, 400), 200)},
+                      SimulationCase{"Rated5v5PartiesWaitCostRegions",
+                                     WithRegions(WithWaitCost(Rated(2, 5, 5, 20, 10, 600), 2000),
+                                                 60, 5, 150)}),
     [](const ::testing::TestParamInfo<SimulationCase>& info) { return info.param.name; });
 
 }  // namespace

@@ -708,6 +708,12 @@ TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
               HasSubstr("custom_rule: crossplay: penalty must be a number >= 0"));
   EXPECT_THAT(error("{" + base + R"(, "matchAttributes": ["mode", "mode"]})"),
               HasSubstr("\"mode\" is listed twice"));
+  auto cost = ParseConfig(R"({"queues": [{)" + base +
+                          R"(, "rating": {"widenPerSecond": 1, "waitCost": 3}}]})");
+  ASSERT_TRUE(cost.ok()) << cost.status();
+  EXPECT_EQ(cost->at(0).rules.wait_cost, 3);
+  EXPECT_THAT(error("{" + base + R"(, "rating": {"waitCost": -1}})"),
+              HasSubstr("rating.wait_cost must be a finite number >= 0"));
 }
 
 TEST(ServerTest, DrainTurnsReadinessOffThenEndsWaitingCallsWithinTheSpread) {
