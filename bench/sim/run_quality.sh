@@ -31,12 +31,15 @@ run() {  # name, then matchsim flags
 }
 
 # Frontiers: every algorithm over its knob.
-run "1v1, 10/s" --sweep --rate=10 --duration=3600 \
+# matchd-cost: windows from the arrival rate (waitCost swept, widening fixed).
+all1v1=matchd,matchd-cost,both-windows,batch,fifo,offline
+run "1v1, 10/s" --sweep --algorithms=$all1v1 --widen=1.5 --rate=10 --duration=3600 \
   --csv="$out/1v1-rate10.csv" --svg="$out/1v1-rate10.svg"
-run "1v1, 1/s" --sweep --rate=1 --duration=20000 \
+run "1v1, 1/s" --sweep --algorithms=$all1v1 --widen=0.8 --rate=1 --duration=20000 \
   --csv="$out/1v1-rate1.csv" --svg="$out/1v1-rate1.svg"
-run "5v5 solo, 20/s" --sweep --algorithms=matchd,both-windows,batch,fifo --team_size=5 \
-  --rate=20 --duration=3600 --csv="$out/5v5-solo.csv" --svg="$out/5v5-solo.svg"
+run "5v5 solo, 20/s" --sweep --algorithms=matchd,matchd-cost,both-windows,batch,fifo \
+  --widen=10 --team_size=5 --rate=20 --duration=3600 \
+  --csv="$out/5v5-solo.csv" --svg="$out/5v5-solo.svg"
 run "5v5 parties, 20/s" --sweep --algorithms=matchd,both-windows,batch,fifo --team_size=5 \
   --rate=20 --duration=3600 --party_mix=$parties \
   --csv="$out/5v5-parties.csv" --svg="$out/5v5-parties.svg"
@@ -50,6 +53,15 @@ for seed in 2 3; do
 done
 run "target: 1v1, 10/s" --rate=10 --duration=3600 --initial_window=5 --widen=4
 run "target: 1v1, 1/s" --rate=1 --duration=20000 --initial_window=10 --widen=2
+# The same with windows from the arrival rate, on three seeds.
+for seed in 1 2 3; do
+  run "target, seed $seed: 1v1, 10/s, waitCost" --seed=$seed --algorithms=matchd --rate=10 \
+    --duration=3600 --wait_cost=3 --widen=1.5
+  run "target, seed $seed: 1v1, 1/s, waitCost" --seed=$seed --algorithms=matchd --rate=1 \
+    --duration=20000 --wait_cost=1.5 --widen=0.8
+  run "target, seed $seed: 5v5 solo, 20/s, waitCost" --seed=$seed --algorithms=matchd \
+    --team_size=5 --rate=20 --duration=3600 --wait_cost=100 --widen=10 --max_window=300
+done
 run "target: 5v5 solo, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
   --duration=3600 --initial_window=35 --widen=18 --max_window=300
 run "target: 5v5 parties, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
