@@ -198,8 +198,20 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
   Ticket& t = **admitted;
   t.expires_by_caller = caller_deadline < max_wait_end;
   Attach(t, std::move(link));
-  t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  // Match first. A ticket that completes a match on arrival gets `matched`
+  // as its first event (seq 1) and no `queued`: one message on the stream
+  // instead of two. Only a ticket left waiting is told `queued`.
+  t.seq = 0;
+  const TicketKey key = t.key;
   RunPool();
+  // Looked up again: a ticket that ended may already be gone (TrimRetired).
+  auto it = tickets_.find(key);
+  if (it == tickets_.end()) return;
+  Ticket& waiting = *it->second;
+  if (waiting.state == mm::Ticket::QUEUED && waiting.link != nullptr && waiting.seq == 0) {
+    waiting.seq = 1;
+    waiting.link->Send(EventBytes(QueuedEvent(waiting, 1)));
+  }
 }
 
 void QueueRuntime::CreateTicket(mm::CreateTicketRequest request,

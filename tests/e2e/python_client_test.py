@@ -165,15 +165,19 @@ class MatchdTest(unittest.TestCase):
     def test_two_find_match_streams_are_matched(self):
         alice = self.find('duel', player('alice', 1500))
         alice_queued = self.assert_queued(alice, 'duel')
+        # Bob completes the match on arrival: his stream is `matched` alone.
         bob = self.find('duel', player('bob', 1510))
-        bob_queued = self.assert_queued(bob, 'duel')
-        self.assertNotEqual(alice_queued.ticket_id, bob_queued.ticket_id)
+        bob_events = list(bob)
+        self.assertEqual(bob.code(), grpc.StatusCode.OK)
+        self.assertEqual([(ev.seq, ev.WhichOneof('event')) for ev in bob_events], [(1, 'matched')])
+        bob_ticket = bob_events[0].ticket_id
+        self.assertNotEqual(alice_queued.ticket_id, bob_ticket)
 
         a = self.finish_matched(alice, alice_queued)
-        b = self.finish_matched(bob, bob_queued)
+        b = bob_events[0].matched.match
         self.assertEqual(a.match_id, b.match_id)
         self.assertEqual(a.queue, 'duel')
-        self.assertCountEqual(a.ticket_ids, [alice_queued.ticket_id, bob_queued.ticket_id])
+        self.assertCountEqual(a.ticket_ids, [alice_queued.ticket_id, bob_ticket])
         team_of = {}
         for i, team in enumerate(a.teams):
             for p in team.players:
