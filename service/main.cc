@@ -25,6 +25,10 @@ ABSL_FLAG(std::string, config, "",
 ABSL_FLAG(int, threads, 0, "Event loops, one thread each; 0 means one per core.");
 ABSL_FLAG(absl::Duration, heartbeat, absl::Seconds(5),
           "Interval between `searching` events of a waiting ticket.");
+ABSL_FLAG(absl::Duration, queued_delay, absl::Milliseconds(50),
+          "How long a FindMatch ticket waits before its `queued` event; a ticket matched "
+          "sooner gets `matched` alone (one message instead of two). 0 sends `queued` at once. "
+          "At most --heartbeat.");
 ABSL_FLAG(absl::Duration, ticket_retention, absl::Seconds(60),
           "How long a finished ticket still answers GetTicket and WatchTicket.");
 ABSL_FLAG(int64_t, max_waiting_tickets, 1000000,
@@ -118,6 +122,7 @@ int main(int argc, char** argv) {
   options.queues = *std::move(queues);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat);
+  options.queued_delay = absl::GetFlag(FLAGS_queued_delay);
   options.ticket_retention = absl::GetFlag(FLAGS_ticket_retention);
   options.max_waiting_tickets = absl::GetFlag(FLAGS_max_waiting_tickets);
   options.max_retained_tickets = absl::GetFlag(FLAGS_max_retained_tickets);

@@ -197,21 +197,17 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
   }
   Ticket& t = **admitted;
   t.expires_by_caller = caller_deadline < max_wait_end;
-  Attach(t, std::move(link));
-  // Match first. A ticket that completes a match on arrival gets `matched`
-  // as its first event (seq 1) and no `queued`: one message on the stream
-  // instead of two. Only a ticket left waiting is told `queued`.
+  // Match first. A ticket that completes a match on arrival, or within
+  // queued_delay, gets `matched` as its first event (seq 1) and no `queued`:
+  // one message on the stream instead of two. A ticket still waiting then is
+  // told `queued` by its first heartbeat (see ScheduleHeartbeat).
   t.seq = 0;
+  Attach(t, std::move(link));
   const TicketKey key = t.key;
   RunPool();
-  // Looked up again: a ticket that ended may already be gone (TrimRetired).
-  auto it = tickets_.find(key);
-  if (it == tickets_.end()) return;
-  Ticket& waiting = *it->second;
-  if (waiting.state == mm::Ticket::QUEUED && waiting.link != nullptr && waiting.seq == 0) {
-    waiting.seq = 1;
-    waiting.link->Send(EventBytes(QueuedEvent(waiting, 1)));
-  }
+  // With no delay, `queued` now, if still waiting (by key: a ticket that
+  // ended may already be gone, see TrimRetired).
+  if (runtime_->limits.queued_delay == absl::ZeroDuration()) Heartbeat(key);
 }
 
 void QueueRuntime::CreateTicket(mm::CreateTicketRequest request,
@@ -573,18 +569,26 @@ void QueueRuntime::Attach(Ticket& t, std::shared_ptr<StreamLink> link) {
 void QueueRuntime::ScheduleHeartbeat(Ticket& t) {
   loop_->CancelTimer(t.heartbeat_timer);
   const TicketKey key = t.key;
+  // A ticket not yet told anything (seq 0) hears `queued` after queued_delay.
+  const absl::Duration after =
+      t.seq == 0 ? runtime_->limits.queued_delay : runtime_->limits.heartbeat_interval;
   t.heartbeat_timer =
-      loop_->RunAt(runtime_->clock->Now() + runtime_->limits.heartbeat_interval,
-                   [this, key] { Heartbeat(key); });
+      loop_->RunAt(runtime_->clock->Now() + after, [this, key] { Heartbeat(key); });
 }
 
 void QueueRuntime::Heartbeat(TicketKey key) {
   auto it = tickets_.find(key);
   if (it == tickets_.end()) return;
   Ticket& t = *it->second;
+  loop_->CancelTimer(t.heartbeat_timer);
   t.heartbeat_timer = 0;
   if (t.state != mm::Ticket::QUEUED || t.link == nullptr) return;
-  t.link->Send(EventBytes(SearchingEvent(t)));
+  if (t.seq == 0) {
+    t.seq = 1;
+    t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  } else {
+    t.link->Send(EventBytes(SearchingEvent(t)));
+  }
   ScheduleHeartbeat(t);
 }
 

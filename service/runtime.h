@@ -40,6 +40,7 @@ using MatchmakerService = matchmaking::v1::Matchmaker::WithRawMethod_FindMatch<
 // Server-wide settings that are not per queue.
 struct RuntimeLimits {
   absl::Duration heartbeat_interval = absl::Seconds(5);
+  absl::Duration queued_delay = absl::Milliseconds(50);  // ServerOptions::queued_delay
   absl::Duration ticket_retention = absl::Seconds(60);
   int64_t max_waiting_tickets = 1'000'000;  // across all queues
   // Finished tickets kept per queue for GetTicket/WatchTicket; beyond it the

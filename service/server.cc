@@ -73,6 +73,10 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.heartbeat_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("heartbeat interval must be > 0");
   }
+  if (options.queued_delay < absl::ZeroDuration() ||
+      options.queued_delay > options.heartbeat_interval) {
+    return absl::InvalidArgumentError("queued delay must be in [0, heartbeat interval]");
+  }
   if (options.ticket_retention < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ticket retention must be >= 0");
   }
@@ -132,6 +136,7 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   Runtime& rt = *server->runtime_;
   rt.clock = options.clock != nullptr ? options.clock : RealClock::Get();
   rt.limits.heartbeat_interval = options.heartbeat_interval;
+  rt.limits.queued_delay = options.queued_delay;
   rt.limits.ticket_retention = options.ticket_retention;
   rt.limits.max_waiting_tickets = options.max_waiting_tickets;
   rt.limits.max_retained_tickets = options.max_retained_tickets;

@@ -32,6 +32,9 @@ struct ServerOptions {
   int threads = 0;
   // Between two `searching` events of a ticket.
   absl::Duration heartbeat_interval = absl::Seconds(5);
+  // How long a FindMatch ticket waits before it is told `queued`; a ticket
+  // matched sooner gets `matched` alone. 0: at once. At most the heartbeat.
+  absl::Duration queued_delay = absl::Milliseconds(50);
   // How long a ticket in a terminal state still answers GetTicket/WatchTicket.
   absl::Duration ticket_retention = absl::Seconds(60);
   // Most tickets waiting in all queues together; beyond it RESOURCE_EXHAUSTED.

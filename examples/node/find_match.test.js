@@ -137,10 +137,12 @@ test('two players get the same match', opts, async (t) => {
     assert.strictEqual(events[events.length - 1][1], 'matched', name);
     assert.deepStrictEqual(events.map(([s]) => s), events.map((_, i) => i + 1), name);
   }
-  // The first to arrive is queued; the second completes the match on
-  // arrival, so its first and only event is the match.
-  assert.deepStrictEqual(Object.values(seen).map((events) => events[0][1]).sort(),
-    ['matched', 'queued']);
+  // `queued` comes first if at all: a ticket matched within the server's
+  // queued delay (50 ms) gets the match alone.
+  for (const [name, events] of Object.entries(seen)) {
+    assert.ok(['queued', 'matched'].includes(events[0][1]), name);
+    assert.ok(events.slice(1).every(([, kind]) => kind !== 'queued'), name);
+  }
 });
 
 // (b) Errors map to outcomes, and are not retried.

@@ -118,9 +118,11 @@ class FindMatchTest(unittest.TestCase):
             self.assertEqual(events[0][0], 1, name)
             self.assertEqual(events[-1][1], 'matched', name)
             self.assertEqual([s for s, _ in events], list(range(1, len(events) + 1)), name)
-        # The first to arrive is queued; the second completes the match on
-        # arrival, so its first and only event is the match.
-        self.assertEqual(sorted(events[0][1] for events in seen.values()), ['matched', 'queued'])
+        # `queued` comes first if at all: a ticket matched within the server's
+        # queued delay (50 ms) gets the match alone.
+        for name, events in seen.items():
+            self.assertIn(events[0][1], ('queued', 'matched'), name)
+            self.assertNotIn('queued', [kind for _, kind in events[1:]], name)
 
     # (b) Errors map to outcomes, and are not retried.
 

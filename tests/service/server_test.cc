@@ -519,6 +519,52 @@ TEST(ServerTest, SecondWatcherTakesOverTheTicket) {
   EXPECT_EQ(w2->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
+// Polls ListQueues until `queue` has `tickets` waiting (bounded: 10 s).
+void WaitForWaiting(TestServer& ts, const std::string& queue, uint32_t tickets) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  for (;;) {
+    grpc::ClientContext ctx;
+    mm::ListQueuesResponse response;
+    ASSERT_TRUE(ts.stub().ListQueues(&ctx, mm::ListQueuesRequest(), &response).ok());
+    for (const mm::QueueInfo& q : response.queues()) {
+      if (q.name() == queue && q.tickets_waiting() == tickets) return;
+    }
+    ASSERT_LT(absl::Now(), give_up) << queue << " never had " << tickets << " waiting";
+  }
+}
+
+TEST(ServerTest, QueuedComesAfterTheDelayAndNotAtAllForATicketMatchedSooner) {
+  TestServerOptions options;
+  options.queued_delay = absl::Milliseconds(100);
+  TestServer ts(options);
+  // Matched 60 ms after alice arrived: each stream carries `matched` alone.
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)});
+  WaitForWaiting(ts, "duel", 1);
+  ts.Advance(absl::Milliseconds(60));
+  auto bob = EventStream::Find(ts.stub(), "duel", {MakePlayer("bob", 1510)});
+  for (EventStream* s : {alice.get(), bob.get()}) {
+    mm::MatchEvent ev = s->Expect();
+    ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+    EXPECT_EQ(ev.seq(), 1u);
+    EXPECT_TRUE(s->Finish().ok());
+    EXPECT_EQ(s->events().size(), 1u);
+  }
+  // Still waiting when the delay ends: `queued` (seq 1), then heartbeats.
+  auto carl = EventStream::Find(ts.stub(), "duel", {MakePlayer("carl", 1500)});
+  WaitForWaiting(ts, "duel", 1);
+  ts.Advance(absl::Milliseconds(100));
+  mm::MatchEvent queued = carl->Expect();
+  ASSERT_TRUE(queued.has_queued()) << queued.DebugString();
+  EXPECT_EQ(queued.seq(), 1u);
+  EXPECT_EQ(queued.queued().queue(), "duel");
+  ts.Advance(absl::Seconds(5));
+  mm::MatchEvent searching = carl->Expect();
+  ASSERT_TRUE(searching.has_searching()) << searching.DebugString();
+  EXPECT_EQ(searching.seq(), 2u);
+  carl->Cancel();
+  EXPECT_EQ(carl->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
 TEST(ServerTest, ListQueuesShowsRulesAndLiveCounts) {
   TestServer ts;
   auto alice = EventStream::Find(ts.stub(), "squad", {MakePlayer("a1"), MakePlayer("a2")});

@@ -23,6 +23,8 @@ struct TestServerOptions {
   std::string config_json = kTestConfig;
   int threads = 2;  // more than one, so hand-offs between loops are exercised
   absl::Duration heartbeat = absl::Seconds(5);
+  // 0 here (matchd's default is 50 ms): most tests want `queued` at once.
+  absl::Duration queued_delay = absl::ZeroDuration();
   int64_t max_waiting_tickets = 10000;
   int64_t max_retained_tickets = 100000;
   absl::Duration keepalive_time = absl::Seconds(30);
