@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -45,8 +45,8 @@ struct QueueRuntime::Ticket {
   absl::Time expires;  // the queue's maximum wait or the caller's deadline
   bool expires_by_caller = false;
   uint32_t queued_players_waiting = 0;
-  uint64_t seq = 0;          // of the last event produced
-  uint64_t matched_seq = 0;  // of the `matched` event
+  uint64_t seq = 0;                  // of the last event produced
+  uint64_t matched_seq = 0;          // of the `matched` event
   std::shared_ptr<StreamLink> link;  // the attached stream, if any
   std::shared_ptr<const SharedMatch> match;
   std::string detail;
@@ -71,8 +71,8 @@ QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, 
       metrics_(&runtime->metrics->queue(index)) {
   // Growing the map by rehashing in steps would stall the loop for
   // milliseconds each time a few hundred thousand tickets are held.
-  tickets_.reserve(static_cast<size_t>(
-      std::min<int64_t>(runtime->limits.max_retained_tickets + 1024, 1 << 18)));
+  tickets_.reserve(
+      static_cast<size_t>(std::min<int64_t>(runtime->limits.max_retained_tickets + 1024, 1 << 18)));
 }
 
 QueueRuntime::~QueueRuntime() = default;
@@ -101,16 +101,13 @@ grpc::Status QueueRuntime::TicketNotFound(const std::string& ticket_id) const {
 }
 
 void QueueRuntime::PublishCounts() {
-  tickets_waiting_.store(static_cast<uint32_t>(pool_.tickets_waiting()),
-                         std::memory_order_relaxed);
+  tickets_waiting_.store(static_cast<uint32_t>(pool_.tickets_waiting()), std::memory_order_relaxed);
   metrics_->waiting->Set(static_cast<double>(pool_.tickets_waiting()));
-  players_waiting_.store(static_cast<uint32_t>(pool_.players_waiting()),
-                         std::memory_order_relaxed);
+  players_waiting_.store(static_cast<uint32_t>(pool_.players_waiting()), std::memory_order_relaxed);
 }
 
 absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
-    const google::protobuf::RepeatedPtrField<mm::Player>& players, bool poll,
-    absl::Time expires) {
+    const google::protobuf::RepeatedPtrField<mm::Player>& players, bool poll, absl::Time expires) {
   if (draining_ || runtime_->draining.load()) {
     return absl::UnavailableError("server is draining; retry on another replica");
   }
@@ -146,8 +143,8 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   const int64_t limit = runtime_->limits.max_waiting_tickets;
   if (runtime_->active_tickets.fetch_add(1) >= limit) {
     runtime_->active_tickets.fetch_sub(1);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "server is at its capacity of ", limit, " waiting tickets; retry later or elsewhere"));
+    return absl::ResourceExhaustedError(absl::StrCat("server is at its capacity of ", limit,
+                                                     " waiting tickets; retry later or elsewhere"));
   }
   const absl::Time now = runtime_->clock->Now();
   auto owned = std::make_unique<Ticket>();
@@ -176,8 +173,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   t.queued_players_waiting = static_cast<uint32_t>(pool_.players_waiting());
   if (LogEnabled(LogLevel::kDebug)) {
     Log(LogLevel::kDebug, "ticket queued",
-        {{"queue", settings_.name}, {"ticket", t.id}, {"players", players.size()},
-         {"poll", poll}});
+        {{"queue", settings_.name}, {"ticket", t.id}, {"players", players.size()}, {"poll", poll}});
   }
   tickets_.emplace(t.key, std::move(owned));
   metrics_->created->Increment();
@@ -210,8 +206,7 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
   if (runtime_->limits.queued_delay == absl::ZeroDuration()) Heartbeat(key);
 }
 
-void QueueRuntime::CreateTicket(mm::CreateTicketRequest request,
-                                Responder<mm::Ticket>* responder) {
+void QueueRuntime::CreateTicket(mm::CreateTicketRequest request, Responder<mm::Ticket>* responder) {
   const absl::Time now = runtime_->clock->Now();
   absl::StatusOr<Ticket*> admitted =
       Admit(request.players(), /*poll=*/true, now + settings_.rules.max_wait);
@@ -239,8 +234,7 @@ void QueueRuntime::GetTicket(const std::string& ticket_id, Responder<mm::Ticket>
   responder->Reply(ToProto(*t));
 }
 
-void QueueRuntime::CancelTicket(const std::string& ticket_id,
-                                Responder<mm::Ticket>* responder) {
+void QueueRuntime::CancelTicket(const std::string& ticket_id, Responder<mm::Ticket>* responder) {
   Ticket* t = Find(ticket_id);
   if (t == nullptr) {
     responder->Fail(TicketNotFound(ticket_id));
@@ -271,14 +265,14 @@ void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
   }
   Ticket& t = *found;
   if (after_seq > t.seq) {
-    link->Close(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
-                             absl::StrCat("after_seq ", after_seq,
-                                          " is beyond the ticket's last event, seq ", t.seq)));
+    link->Close(grpc::Status(
+        grpc::StatusCode::OUT_OF_RANGE,
+        absl::StrCat("after_seq ", after_seq, " is beyond the ticket's last event, seq ", t.seq)));
     return;
   }
   if (t.link != nullptr) {
-    t.link->Close(grpc::Status(grpc::StatusCode::ABORTED,
-                               "another WatchTicket call took over this ticket"));
+    t.link->Close(
+        grpc::Status(grpc::StatusCode::ABORTED, "another WatchTicket call took over this ticket"));
     t.link.reset();
   }
   switch (t.state) {
@@ -400,9 +394,9 @@ void QueueRuntime::EndWaiting(absl::Time start, absl::Duration spread) {
 void QueueRuntime::EndDrained(TicketKey key) {
   auto it = tickets_.find(key);
   if (it == tickets_.end() || !it->second->active()) return;
-  Finish(*it->second, mm::Ticket::CANCELLED, "the server drained",
-         grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                      "server is draining; retry on another replica"));
+  Finish(
+      *it->second, mm::Ticket::CANCELLED, "the server drained",
+      grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is draining; retry on another replica"));
   TrimRetired();
 }
 
@@ -504,8 +498,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     switch (state) {
       case mm::Ticket::MATCHED:
         metrics_->matched->Increment();
-        metrics_->wait_seconds->Observe(
-            absl::ToDoubleSeconds(runtime_->clock->Now() - t.created));
+        metrics_->wait_seconds->Observe(absl::ToDoubleSeconds(runtime_->clock->Now() - t.created));
         break;
       case mm::Ticket::EXPIRED:
         metrics_->expired->Increment();
@@ -517,7 +510,9 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
   }
   if (LogEnabled(LogLevel::kDebug)) {
     Log(LogLevel::kDebug, "ticket ended",
-        {{"queue", settings_.name}, {"ticket", t.id}, {"state", mm::Ticket::State_Name(state)},
+        {{"queue", settings_.name},
+         {"ticket", t.id},
+         {"state", mm::Ticket::State_Name(state)},
          {"detail", detail}});
   }
   t.state = state;
@@ -572,8 +567,7 @@ void QueueRuntime::ScheduleHeartbeat(Ticket& t) {
   // A ticket not yet told anything (seq 0) hears `queued` after queued_delay.
   const absl::Duration after =
       t.seq == 0 ? runtime_->limits.queued_delay : runtime_->limits.heartbeat_interval;
-  t.heartbeat_timer =
-      loop_->RunAt(runtime_->clock->Now() + after, [this, key] { Heartbeat(key); });
+  t.heartbeat_timer = loop_->RunAt(runtime_->clock->Now() + after, [this, key] { Heartbeat(key); });
 }
 
 void QueueRuntime::Heartbeat(TicketKey key) {
@@ -705,8 +699,7 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
         s->set_reason(absl::StrFormat(
             "the closest group's best region is %s with a worst latency of %.0f ms; the limit "
             "is %.0f ms now and covers it in about %s",
-            region, e.worst_latency_ms, e.latency_limit_ms,
-            expect(e)));
+            region, e.worst_latency_ms, e.latency_limit_ms, expect(e)));
       } else {
         s->set_reason(absl::StrFormat(
             "the closest group's best region is %s with a worst latency of %.0f ms, more than "
@@ -722,8 +715,7 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
         s->set_reason(absl::StrFormat(
             "the closest group spans %.0f rating and the %s rule adds %.0f; the window covers "
             "it in about %s",
-            e.best_spread, rule, e.penalty,
-            expect(e)));
+            e.best_spread, rule, e.penalty, expect(e)));
       } else {
         s->set_reason(absl::StrFormat(
             "the closest group spans %.0f rating and the %s rule adds %.0f, more than this "

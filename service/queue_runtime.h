@@ -28,8 +28,8 @@ std::vector<double> WinProbabilities(const std::vector<double>& team_ratings);
 
 // Why a stream left its ticket.
 enum class DetachReason {
-  kCallEnded,        // the caller cancelled or the connection died
-  kCallerDeadline,   // the caller's deadline passed
+  kCallEnded,       // the caller cancelled or the connection died
+  kCallerDeadline,  // the caller's deadline passed
 };
 
 class QueueRuntime final : private matcher::PoolListener {

@@ -1,5 +1,8 @@
 // Service tests: a real server on 127.0.0.1 port 0 (manual clock) and real
 // gRPC clients. No sleeps: tests wait for events or for a state to show.
+#include <gmock/gmock.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,10 +13,6 @@
 #include <set>
 #include <string>
 #include <thread>
-
-#include <gmock/gmock.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <gtest/gtest.h>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "service/config.h"
@@ -144,8 +143,10 @@ TEST(ServerTest, SquadWithPartiesKeepsEachPartyOnOneTeam) {
       std::set<std::string> ids = PlayerIds(team);
       int here = 0;
       for (const auto& id : parties[i]) here += ids.count(id);
-      if (here == static_cast<int>(parties[i].size())) ++on_one_team;
-      else EXPECT_EQ(here, 0) << "party " << i << " was split";
+      if (here == static_cast<int>(parties[i].size()))
+        ++on_one_team;
+      else
+        EXPECT_EQ(here, 0) << "party " << i << " was split";
     }
     EXPECT_EQ(on_one_team, 1);
     EXPECT_TRUE(streams[i]->Finish().ok());
@@ -184,9 +185,8 @@ TEST(ServerTest, CancelRacingMatchNeverSplitsAMatch) {
     auto a = EventStream::Find(*stub_a, "race", {MakePlayer("a" + std::to_string(i))});
     const std::string a_id = a->Expect().ticket_id();
     std::unique_ptr<EventStream> b;
-    std::thread arrive([&] {
-      b = EventStream::Find(*stub_b, "race", {MakePlayer("b" + std::to_string(i))});
-    });
+    std::thread arrive(
+        [&] { b = EventStream::Find(*stub_b, "race", {MakePlayer("b" + std::to_string(i))}); });
     a->Cancel();
     arrive.join();
     // b's first event: the match if it met a on arrival, else `queued`.
@@ -236,8 +236,7 @@ TEST(ServerTest, TicketExpiresAtTheQueuesMaximumWait) {
 
 TEST(ServerTest, CallersOwnDeadlineEndsTheTicket) {
   TestServer ts;
-  auto alice =
-      EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")}, absl::Milliseconds(300));
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")}, absl::Milliseconds(300));
   const std::string id = alice->Expect().ticket_id();
   EXPECT_EQ(alice->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_EQ(ts.WaitUntilNot(id, mm::Ticket::QUEUED).state(), mm::Ticket::EXPIRED);
@@ -602,11 +601,13 @@ mm::Player Regional(const std::string& id, std::map<std::string, uint32_t> laten
 TEST(ServerTest, MatchIsPlacedInTheBestRegionAndCarriesEachPlayersLatency) {
   TestServer ts;
   // The second party has no "us": only eu can host all four.
-  auto a = EventStream::Find(ts.stub(), "regional",
-                             {Regional("a1", {{"eu", 30}, {"us", 10}}), Regional("a2", {{"eu", 20}})});
+  auto a =
+      EventStream::Find(ts.stub(), "regional",
+                        {Regional("a1", {{"eu", 30}, {"us", 10}}), Regional("a2", {{"eu", 20}})});
   ASSERT_TRUE(a->Expect().has_queued());
-  auto b = EventStream::Find(ts.stub(), "regional",
-                             {Regional("b1", {{"eu", 45}, {"us", 5}}), Regional("b2", {{"eu", 40}})});
+  auto b =
+      EventStream::Find(ts.stub(), "regional",
+                        {Regional("b1", {{"eu", 45}, {"us", 5}}), Regional("b2", {{"eu", 40}})});
   mm::MatchEvent ev = b->Expect();
   if (ev.has_queued()) ev = b->Expect();
   ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
@@ -834,8 +835,8 @@ TEST(ServerTest, FrozenClientsTicketLeavesWithinTheKeepaliveTimeout) {
   if (child == 0) {
     dup2(out[1], STDOUT_FILENO);
     close(out[0]);
-    execl(MATCHCTL_PATH, "matchctl", "--server", ts.address().c_str(), "find", "--queue",
-          "squad", "--player", "frozen:1500", static_cast<char*>(nullptr));
+    execl(MATCHCTL_PATH, "matchctl", "--server", ts.address().c_str(), "find", "--queue", "squad",
+          "--player", "frozen:1500", static_cast<char*>(nullptr));
     _exit(127);
   }
   close(out[1]);
