@@ -2,7 +2,25 @@
 
 #include <utility>
 
+#include "google/protobuf/io/coded_stream.h"
+#include "grpc/slice.h"
+
 namespace matchd {
+
+namespace {
+
+using ::google::protobuf::io::CodedOutputStream;
+
+// `message` serialized straight into a slice of its exact size: no string
+// in between, no copy.
+grpc::Slice SerializeToSlice(const google::protobuf::MessageLite& message) {
+  const size_t size = message.ByteSizeLong();
+  grpc_slice slice = grpc_slice_malloc(size);
+  message.SerializeWithCachedSizesToArray(GRPC_SLICE_START_PTR(slice));
+  return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+}
+
+}  // namespace
 
 google::protobuf::Timestamp ToProtoTime(absl::Time t) {
   const int64_t nanos = absl::ToUnixNanos(t);
@@ -27,14 +45,27 @@ google::protobuf::Duration ToProtoDuration(absl::Duration d) {
 std::shared_ptr<const SharedMatch> MakeSharedMatch(matchmaking::v1::Match match) {
   auto shared = std::make_shared<SharedMatch>();
   shared->match = std::move(match);
-  matchmaking::v1::MatchEvent body;
-  *body.mutable_matched()->mutable_match() = shared->match;
-  shared->matched_field = grpc::Slice(body.SerializeAsString());
+  // MatchEvent.matched (field 12) holding Matched.match (field 1), both
+  // length-delimited, written around the match's own bytes: the match is
+  // serialized once and never copied.
+  constexpr uint8_t kMatchedTag = (12 << 3) | 2;
+  constexpr uint8_t kMatchTag = (1 << 3) | 2;
+  const size_t match_size = shared->match.ByteSizeLong();
+  const size_t matched_size = 1 + CodedOutputStream::VarintSize64(match_size) + match_size;
+  const size_t total = 1 + CodedOutputStream::VarintSize64(matched_size) + matched_size;
+  grpc_slice slice = grpc_slice_malloc(total);
+  uint8_t* out = GRPC_SLICE_START_PTR(slice);
+  *out++ = kMatchedTag;
+  out = CodedOutputStream::WriteVarint64ToArray(matched_size, out);
+  *out++ = kMatchTag;
+  out = CodedOutputStream::WriteVarint64ToArray(match_size, out);
+  shared->match.SerializeWithCachedSizesToArray(out);
+  shared->matched_field = grpc::Slice(slice, grpc::Slice::STEAL_REF);
   return shared;
 }
 
 grpc::ByteBuffer EventBytes(const matchmaking::v1::MatchEvent& event) {
-  grpc::Slice slice(event.SerializeAsString());
+  grpc::Slice slice = SerializeToSlice(event);
   return grpc::ByteBuffer(&slice, 1);
 }
 
@@ -44,7 +75,7 @@ grpc::ByteBuffer MatchedEventBytes(const std::string& ticket_id, uint64_t seq, a
   header.set_ticket_id(ticket_id);
   header.set_seq(seq);
   *header.mutable_time() = ToProtoTime(time);
-  grpc::Slice slices[2] = {grpc::Slice(header.SerializeAsString()), match.matched_field};
+  grpc::Slice slices[2] = {SerializeToSlice(header), match.matched_field};
   return grpc::ByteBuffer(slices, 2);
 }
 

@@ -16,6 +16,22 @@ namespace matchd {
 
 namespace mm = ::matchmaking::v1;
 
+namespace {
+
+// Appends the low `digits` hex digits of `value` (lower case, zero-padded):
+// ticket and match ids, one per ticket, without a format string.
+void AppendHex(uint64_t value, int digits, std::string* out) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  const size_t at = out->size();
+  out->resize(at + digits);
+  for (int i = digits - 1; i >= 0; --i) {
+    (*out)[at + i] = kHex[value & 0xf];
+    value >>= 4;
+  }
+}
+
+}  // namespace
+
 std::vector<double> WinProbabilities(const std::vector<double>& team_ratings) {
   // Relative to the strongest team, so that 10^(r/400) cannot overflow.
   const double top = *std::max_element(team_ratings.begin(), team_ratings.end());
@@ -35,7 +51,12 @@ struct QueueRuntime::Ticket {
   std::string id;
   bool poll = false;  // made by CreateTicket; otherwise by FindMatch
   State state = mm::Ticket::QUEUED;
+  // The party, until it is matched: then its players move into the match,
+  // team match_team from index match_first on (see ForEachPlayer).
   google::protobuf::RepeatedPtrField<mm::Player> players;
+  int party_size = 0;
+  int match_team = -1;
+  int match_first = 0;
   double rating = 0;
   std::array<uint16_t, matcher::QueueRules::kMaxRegions> latency_ms;  // per region of the queue
   std::string partition_key;  // see PartitionKey; empty without match attributes
@@ -59,6 +80,18 @@ struct QueueRuntime::Ticket {
   EventLoop::TimerId heartbeat_timer = 0;
 
   bool active() const { return state == mm::Ticket::QUEUED || state == mm::Ticket::DETACHED; }
+
+  // Calls f(const mm::Player&) for each of the party's players, wherever
+  // they are now.
+  template <typename F>
+  void ForEachPlayer(F f) const {
+    if (match_team < 0) {
+      for (const mm::Player& p : players) f(p);
+      return;
+    }
+    const auto& in_team = match->match.teams(match_team).players();
+    for (int i = match_first; i < match_first + party_size; ++i) f(in_team.Get(i));
+  }
 };
 
 QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, EventLoop* loop)
@@ -107,7 +140,8 @@ void QueueRuntime::PublishCounts() {
 }
 
 absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
-    const google::protobuf::RepeatedPtrField<mm::Player>& players, bool poll, absl::Time expires) {
+    google::protobuf::RepeatedPtrField<mm::Player>* taken, bool poll, absl::Time expires) {
+  const google::protobuf::RepeatedPtrField<mm::Player>& players = *taken;
   if (draining_ || runtime_->draining.load()) {
     return absl::UnavailableError("server is draining; retry on another replica");
   }
@@ -150,9 +184,11 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   auto owned = std::make_unique<Ticket>();
   Ticket& t = *owned;
   t.key = next_key_++;
-  t.id = absl::StrFormat("%04x%016x%012x", index_, t.key, rng_() & 0xffffffffffffULL);
+  t.id.reserve(32);
+  AppendHex(index_, 4, &t.id);
+  AppendHex(t.key, 16, &t.id);
+  AppendHex(rng_(), 12, &t.id);
   t.poll = poll;
-  t.players = players;
   t.rating = PartyRating(players);
   t.latency_ms = PartyLatency(players, settings_);
   t.custom = custom;
@@ -162,18 +198,23 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   }
   t.created = now;
   t.expires = expires;
-  t.seq = 1;  // the `queued` event
+  t.seq = 1;              // the `queued` event
+  t.players.Swap(taken);  // `players` is empty from here on
+  t.party_size = t.players.size();
   if (absl::Status added = pool_.Add(Spec(t)); !added.ok()) {
     runtime_->active_tickets.fetch_sub(1);
     if (t.partition != 0) ReleasePartition(t.partition_key);
     return added;
   }
-  for (const mm::Player& p : players) players_[p.id()] = t.key;
+  for (const mm::Player& p : t.players) players_[p.id()] = t.key;
   ++active_;
   t.queued_players_waiting = static_cast<uint32_t>(pool_.players_waiting());
   if (LogEnabled(LogLevel::kDebug)) {
     Log(LogLevel::kDebug, "ticket queued",
-        {{"queue", settings_.name}, {"ticket", t.id}, {"players", players.size()}, {"poll", poll}});
+        {{"queue", settings_.name},
+         {"ticket", t.id},
+         {"players", t.players.size()},
+         {"poll", poll}});
   }
   tickets_.emplace(t.key, std::move(owned));
   metrics_->created->Increment();
@@ -186,7 +227,7 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
   const absl::Time now = runtime_->clock->Now();
   const absl::Time max_wait_end = now + settings_.rules.max_wait;
   absl::StatusOr<Ticket*> admitted =
-      Admit(request.players(), /*poll=*/false, std::min(max_wait_end, caller_deadline));
+      Admit(request.mutable_players(), /*poll=*/false, std::min(max_wait_end, caller_deadline));
   if (!admitted.ok()) {
     link->Close(ToGrpcStatus(admitted.status()));
     return;
@@ -196,20 +237,47 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
   // Match first. A ticket that completes a match on arrival, or within
   // queued_delay, gets `matched` as its first event (seq 1) and no `queued`:
   // one message on the stream instead of two. A ticket still waiting then is
-  // told `queued` by its first heartbeat (see ScheduleHeartbeat).
+  // told `queued` and its heartbeats start.
   t.seq = 0;
-  Attach(t, std::move(link));
+  Attach(t, std::move(link), /*heartbeat=*/false);
   const TicketKey key = t.key;
   RunPool();
-  // With no delay, `queued` now, if still waiting (by key: a ticket that
-  // ended may already be gone, see TrimRetired).
-  if (runtime_->limits.queued_delay == absl::ZeroDuration()) Heartbeat(key);
+  // By key from here: a ticket that ended may already be gone (TrimRetired).
+  const absl::Duration delay = runtime_->limits.queued_delay;
+  if (delay == absl::ZeroDuration()) return SendQueuedIfUntold(key);
+  queued_due_.push_back(Due{key, now + delay});
+  if (queued_timer_ == 0) ArmFifo(&queued_due_, &queued_timer_, &QueueRuntime::SendQueuedIfUntold);
+}
+
+void QueueRuntime::SendQueuedIfUntold(TicketKey key) {
+  auto it = tickets_.find(key);
+  if (it == tickets_.end()) return;
+  Ticket& t = *it->second;
+  if (t.state != mm::Ticket::QUEUED || t.link == nullptr || t.seq != 0) return;
+  t.seq = 1;
+  t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  ScheduleHeartbeat(t);
+}
+
+void QueueRuntime::ArmFifo(DueFifo* fifo, EventLoop::TimerId* timer,
+                           void (QueueRuntime::*on_due)(TicketKey)) {
+  if (fifo->empty()) return;
+  *timer = loop_->RunAt(fifo->front().at, [this, fifo, timer, on_due] {
+    *timer = 0;
+    const absl::Time now = runtime_->clock->Now();
+    while (!fifo->empty() && fifo->front().at <= now) {
+      const TicketKey key = fifo->front().key;
+      fifo->pop_front();
+      (this->*on_due)(key);
+    }
+    ArmFifo(fifo, timer, on_due);
+  });
 }
 
 void QueueRuntime::CreateTicket(mm::CreateTicketRequest request, Responder<mm::Ticket>* responder) {
   const absl::Time now = runtime_->clock->Now();
   absl::StatusOr<Ticket*> admitted =
-      Admit(request.players(), /*poll=*/true, now + settings_.rules.max_wait);
+      Admit(request.mutable_players(), /*poll=*/true, now + settings_.rules.max_wait);
   if (!admitted.ok()) {
     responder->Fail(ToGrpcStatus(admitted.status()));
     return;
@@ -303,7 +371,10 @@ void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
       break;
   }
   Attach(t, std::move(link));
-  if (after_seq < 1) t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  if (after_seq < 1) {
+    t.seq = std::max<uint64_t>(t.seq, 1);  // a FindMatch ticket may not have been told yet
+    t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  }
   t.link->Send(EventBytes(SearchingEvent(t)));
   RunPool();
 }
@@ -311,7 +382,7 @@ void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
 matcher::TicketSpec QueueRuntime::Spec(const Ticket& t) {
   matcher::TicketSpec spec;
   spec.key = t.key;
-  spec.party_size = t.players.size();
+  spec.party_size = t.party_size;
   spec.rating = t.rating;
   spec.enqueued_at = t.created;  // kept on re-attach: no lost priority
   spec.expires_at = t.expires;
@@ -429,18 +500,25 @@ void QueueRuntime::OnExpired(TicketKey key) {
 
 void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
   mm::Match m;
-  m.set_match_id(absl::StrFormat("m-%016x%08x", rng_(), static_cast<uint32_t>(rng_())));
+  std::string* match_id = m.mutable_match_id();
+  match_id->reserve(26);
+  match_id->append("m-");
+  AppendHex(rng_(), 16, match_id);
+  AppendHex(rng_(), 8, match_id);
   m.set_queue(settings_.name);
   *m.mutable_created() = ToProtoTime(formed.formed_at);
   for (const std::vector<TicketKey>& team : formed.teams) {
     mm::Team* out = m.add_teams();
     double sum = 0;
     for (TicketKey key : team) {
-      const Ticket& t = *tickets_.at(key);
-      for (const mm::Player& p : t.players) {
-        *out->add_players() = p;
-        sum += p.rating();
-      }
+      Ticket& t = *tickets_.at(key);
+      for (const mm::Player& p : t.players) sum += p.rating();
+      // Moved, not copied: the match holds the players from here on.
+      t.match_team = m.teams_size() - 1;
+      t.match_first = out->players_size();
+      moved_players_.resize(t.players.size());
+      t.players.ExtractSubrange(0, t.players.size(), moved_players_.data());
+      for (mm::Player* p : moved_players_) out->mutable_players()->AddAllocated(p);
       m.add_ticket_ids(t.id);
     }
     if (out->players_size() > 0) out->set_mean_rating(sum / out->players_size());
@@ -488,10 +566,10 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
                           const grpc::Status& stream_status, grpc::ByteBuffer* last) {
   if (t.active()) {
     if (t.state == mm::Ticket::QUEUED && !in_pool_callback_) pool_.Remove(t.key);
-    for (const mm::Player& p : t.players) {
+    t.ForEachPlayer([&](const mm::Player& p) {
       auto it = players_.find(p.id());
       if (it != players_.end() && it->second == t.key) players_.erase(it);
-    }
+    });
     --active_;
     runtime_->active_tickets.fetch_sub(1);
     if (t.partition != 0) ReleasePartition(t.partition_key);
@@ -530,23 +608,12 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
   t.lease_timer = 0;
   t.lease_timer_at = absl::InfiniteFuture();
   t.lease_until = runtime_->clock->Now() + runtime_->limits.ticket_retention;
-  retired_.push_back(Retired{t.key, t.lease_until});
-  if (retention_timer_ == 0) ArmRetention();
+  retired_.push_back(Due{t.key, t.lease_until});
+  if (retention_timer_ == 0) ArmFifo(&retired_, &retention_timer_, &QueueRuntime::EraseTicket);
   PublishCounts();
 }
 
-void QueueRuntime::ArmRetention() {
-  if (retired_.empty()) return;
-  retention_timer_ = loop_->RunAt(retired_.front().until, [this] {
-    retention_timer_ = 0;
-    const absl::Time now = runtime_->clock->Now();
-    while (!retired_.empty() && retired_.front().until <= now) {
-      tickets_.erase(retired_.front().key);
-      retired_.pop_front();
-    }
-    ArmRetention();
-  });
-}
+void QueueRuntime::EraseTicket(TicketKey key) { tickets_.erase(key); }
 
 void QueueRuntime::TrimRetired() {
   while (static_cast<int64_t>(retired_.size()) > runtime_->limits.max_retained_tickets) {
@@ -555,34 +622,26 @@ void QueueRuntime::TrimRetired() {
   }
 }
 
-void QueueRuntime::Attach(Ticket& t, std::shared_ptr<StreamLink> link) {
+void QueueRuntime::Attach(Ticket& t, std::shared_ptr<StreamLink> link, bool heartbeat) {
   link->set_ticket_key(t.key);
   t.link = std::move(link);
-  ScheduleHeartbeat(t);
+  if (heartbeat) ScheduleHeartbeat(t);
 }
 
 void QueueRuntime::ScheduleHeartbeat(Ticket& t) {
   loop_->CancelTimer(t.heartbeat_timer);
   const TicketKey key = t.key;
-  // A ticket not yet told anything (seq 0) hears `queued` after queued_delay.
-  const absl::Duration after =
-      t.seq == 0 ? runtime_->limits.queued_delay : runtime_->limits.heartbeat_interval;
-  t.heartbeat_timer = loop_->RunAt(runtime_->clock->Now() + after, [this, key] { Heartbeat(key); });
+  t.heartbeat_timer = loop_->RunAt(runtime_->clock->Now() + runtime_->limits.heartbeat_interval,
+                                   [this, key] { Heartbeat(key); });
 }
 
 void QueueRuntime::Heartbeat(TicketKey key) {
   auto it = tickets_.find(key);
   if (it == tickets_.end()) return;
   Ticket& t = *it->second;
-  loop_->CancelTimer(t.heartbeat_timer);
   t.heartbeat_timer = 0;
   if (t.state != mm::Ticket::QUEUED || t.link == nullptr) return;
-  if (t.seq == 0) {
-    t.seq = 1;
-    t.link->Send(EventBytes(QueuedEvent(t, 1)));
-  } else {
-    t.link->Send(EventBytes(SearchingEvent(t)));
-  }
+  t.link->Send(EventBytes(SearchingEvent(t)));
   ScheduleHeartbeat(t);
 }
 
@@ -748,7 +807,7 @@ mm::Ticket QueueRuntime::ToProto(const Ticket& t) const {
   out.set_queue(settings_.name);
   out.set_state(t.state);
   if (t.match != nullptr) *out.mutable_match() = t.match->match;
-  *out.mutable_players() = t.players;
+  t.ForEachPlayer([&](const mm::Player& p) { *out.add_players() = p; });
   *out.mutable_created() = ToProtoTime(t.created);
   out.set_last_seq(t.seq);
   out.set_detail(t.detail);

@@ -79,9 +79,10 @@ class QueueRuntime final : private matcher::PoolListener {
   void OnWithdrawn(matcher::TicketKey key) override;
 
   // Admission shared by FindMatch and CreateTicket: capacity and player
-  // uniqueness. On success the ticket exists, holds its players and is in the pool.
+  // uniqueness. On success the ticket exists, holds the players (taken from
+  // `players`, which is left empty) and is in the pool.
   absl::StatusOr<Ticket*> Admit(
-      const google::protobuf::RepeatedPtrField<matchmaking::v1::Player>& players, bool poll,
+      google::protobuf::RepeatedPtrField<matchmaking::v1::Player>* players, bool poll,
       absl::Time expires);
   Ticket* Find(const std::string& ticket_id);
   grpc::Status TicketNotFound(const std::string& ticket_id) const;
@@ -90,8 +91,12 @@ class QueueRuntime final : private matcher::PoolListener {
   // ends its stream with `stream_status` (if attached) and schedules removal.
   void Finish(Ticket& t, State state, std::string detail, const grpc::Status& stream_status,
               grpc::ByteBuffer* last = nullptr);
-  void Attach(Ticket& t, std::shared_ptr<StreamLink> link);
+  // Binds the stream; with `heartbeat`, arms the ticket's heartbeats.
+  void Attach(Ticket& t, std::shared_ptr<StreamLink> link, bool heartbeat = true);
   void ScheduleHeartbeat(Ticket& t);
+  // Sends `queued` to a FindMatch ticket still waiting and told nothing yet
+  // (seq 0), then starts its heartbeats.
+  void SendQueuedIfUntold(matcher::TicketKey key);
   void ScheduleLease(Ticket& t, absl::Time when);
   void Heartbeat(matcher::TicketKey key);
   void LeaseExpired(matcher::TicketKey key);
@@ -101,7 +106,18 @@ class QueueRuntime final : private matcher::PoolListener {
   // Drops the oldest finished tickets beyond the retention cap. Only where no
   // ticket reference is held (not inside Finish or a pool callback).
   void TrimRetired();
-  void ArmRetention();
+  void EraseTicket(matcher::TicketKey key);
+  // A key due at a time; a DueFifo's times only grow (each entry waits the
+  // same time), so one timer on its front serves them all.
+  struct Due {
+    matcher::TicketKey key;
+    absl::Time at;
+  };
+  using DueFifo = std::deque<Due>;
+  // Runs (this->*on_due)(key) for each entry of `fifo` when its time comes.
+  // `timer` holds the armed timer (0: none); call when it is 0 after a push.
+  void ArmFifo(DueFifo* fifo, EventLoop::TimerId* timer,
+               void (QueueRuntime::*on_due)(matcher::TicketKey));
   void EndDrained(matcher::TicketKey key);
   matchmaking::v1::MatchEvent QueuedEvent(const Ticket& t, uint64_t seq) const;
   matchmaking::v1::MatchEvent SearchingEvent(Ticket& t);
@@ -116,13 +132,11 @@ class QueueRuntime final : private matcher::PoolListener {
   std::unordered_map<matcher::TicketKey, std::unique_ptr<Ticket>> tickets_;
   // Player id -> the QUEUED or DETACHED ticket holding it.
   std::unordered_map<std::string, matcher::TicketKey> players_;
+  // Scratch for OnMatched: a ticket's players on their way into the match.
+  std::vector<matchmaking::v1::Player*> moved_players_;
   // Finished tickets, oldest first, with the end of their retention (see
   // RuntimeLimits::max_retained_tickets); one timer serves the front.
-  struct Retired {
-    matcher::TicketKey key;
-    absl::Time until;
-  };
-  std::deque<Retired> retired_;
+  DueFifo retired_;
   // Match-attribute value lists in use -> their pool partition, counted by
   // active tickets (an entry goes with its last ticket).
   struct Partition {
@@ -134,6 +148,10 @@ class QueueRuntime final : private matcher::PoolListener {
   uint64_t AcquirePartition(const std::string& key);
   void ReleasePartition(const std::string& key);
   EventLoop::TimerId retention_timer_ = 0;
+  // FindMatch tickets to tell `queued` (RuntimeLimits::queued_delay after
+  // they arrived), oldest first; one timer serves the front, as for retired_.
+  DueFifo queued_due_;
+  EventLoop::TimerId queued_timer_ = 0;
   matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;
   Metrics::Queue* const metrics_;  // owned by runtime_->metrics

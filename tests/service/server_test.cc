@@ -16,6 +16,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "service/config.h"
+#include "service/events.h"
 #include "service/queue_runtime.h"
 #include "tests/testing/test_server.h"
 
@@ -78,6 +79,10 @@ TEST(ServerTest, DuelPairIsMatchedOnTheirOpenCalls) {
   EXPECT_EQ(a2.ticket_id(), a1.ticket_id());
   const mm::Match& m = a2.matched().match();
   EXPECT_EQ(m.match_id(), b1.matched().match().match_id());
+  EXPECT_THAT(m.match_id(), ::testing::MatchesRegex("m-[0-9a-f]{24}"));
+  // The queue's index (duel is the first), the ticket's key, 48 random bits.
+  EXPECT_THAT(a1.ticket_id(), ::testing::MatchesRegex("0000[0-9a-f]{28}"));
+  EXPECT_NE(a1.ticket_id().substr(4, 16), b1.ticket_id().substr(4, 16));
   EXPECT_EQ(m.queue(), "duel");
   ASSERT_EQ(m.teams_size(), 2);
   std::set<std::string> all;
@@ -97,8 +102,48 @@ TEST(ServerTest, DuelPairIsMatchedOnTheirOpenCalls) {
   EXPECT_TRUE(alice->Finish().ok());
   EXPECT_TRUE(bob->Finish().ok());
   EXPECT_EQ(bob->events().size(), 1u);
-  EXPECT_EQ(ts.GetTicket(a1.ticket_id()).state(), mm::Ticket::MATCHED);
+  const mm::Ticket alice_ticket = ts.GetTicket(a1.ticket_id());
+  EXPECT_EQ(alice_ticket.state(), mm::Ticket::MATCHED);
+  ASSERT_EQ(alice_ticket.players_size(), 1);
+  EXPECT_EQ(alice_ticket.players(0).id(), "alice");
+  EXPECT_EQ(alice_ticket.match().match_id(), m.match_id());
   EXPECT_EQ(ts.GetTicket(b1.ticket_id()).state(), mm::Ticket::MATCHED);
+  // Matched players are free to queue again.
+  auto again = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)});
+  ASSERT_TRUE(again->Expect().has_queued());
+}
+
+// The `matched` event is assembled from a per-member header and the match's
+// bytes written once: it must parse as the event a client expects, small
+// (one-byte lengths) or large (multi-byte lengths).
+TEST(EventsTest, MatchedEventBytesParseAsTheWholeEvent) {
+  for (int players : {1, 100}) {
+    mm::Match match;
+    match.set_match_id("m-0123456789abcdef01234567");
+    match.set_queue("duel");
+    for (int team = 0; team < 2; ++team) {
+      mm::Team* t = match.add_teams();
+      for (int i = 0; i < players; ++i) *t->add_players() = MakePlayer(absl::StrCat("p", team, i));
+      t->set_mean_rating(1500 + team);
+    }
+    match.mutable_quality()->set_rating_spread(12.5);
+    const auto shared = MakeSharedMatch(match);
+    const absl::Time at = absl::FromUnixNanos(1'700'000'000'123'456'789);
+    grpc::ByteBuffer bytes = MatchedEventBytes("0000abcdef", 3, at, *shared);
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(bytes.Dump(&slices).ok());
+    std::string wire;
+    for (const grpc::Slice& s : slices)
+      wire.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    mm::MatchEvent event;
+    ASSERT_TRUE(event.ParseFromString(wire)) << players;
+    EXPECT_EQ(event.ticket_id(), "0000abcdef");
+    EXPECT_EQ(event.seq(), 3u);
+    EXPECT_EQ(event.time().seconds(), 1'700'000'000);
+    EXPECT_EQ(event.time().nanos(), 123'456'789);
+    ASSERT_TRUE(event.has_matched());
+    EXPECT_EQ(event.matched().match().SerializeAsString(), match.SerializeAsString()) << players;
+  }
 }
 
 TEST(WinProbabilityTest, EloLogisticGeneralisedToManyTeams) {
@@ -150,6 +195,11 @@ TEST(ServerTest, SquadWithPartiesKeepsEachPartyOnOneTeam) {
     }
     EXPECT_EQ(on_one_team, 1);
     EXPECT_TRUE(streams[i]->Finish().ok());
+    // The ticket still lists its own party, in order.
+    const mm::Ticket ticket = ts.GetTicket(ev.ticket_id());
+    std::vector<std::string> party;
+    for (const mm::Player& p : ticket.players()) party.push_back(p.id());
+    EXPECT_EQ(party, parties[i]);
   }
 }
 
