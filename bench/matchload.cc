@@ -3,13 +3,14 @@
 //
 //   matchload --target 127.0.0.1:PORT --server_pid PID [--mode stream|poll]
 //             [--in_flight 256 | --rate R] [--duration 5s --warmup 1s]
-//             [--hold N --hold_queue hold] [--wait 2s] [--json]
+//             [--hold N --hold_queue hold --hold_connections 4] [--wait 2s] [--json]
 //
 // One run:
 //   1. Opens --connections channels (separate TCP connections).
 //   2. With --hold N: opens N FindMatch streams in --hold_queue that never
 //      match, waits until the server has them all (see --hold_ready) and
-//      measures the server's RSS per held stream. They stay open until the end.
+//      measures the server's RSS per held stream. They stay open until the end,
+//      on the load's connections or (--hold_connections) on their own.
 //   3. Generates tickets: closed loop (--in_flight tickets open; each finished
 //      ticket is replaced) or open loop (--rate tickets/s). With --wait D the
 //      tickets come in pairs made for each other, the second sent D after the
@@ -86,6 +87,9 @@ ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "Load before the measured wi
 ABSL_FLAG(int64_t, tickets, 0, "Most tickets to start (0: no cap); the run ends when all ended.");
 ABSL_FLAG(int, hold, 0, "FindMatch streams held open in --hold_queue during the run.");
 ABSL_FLAG(std::string, hold_queue, "hold", "Queue of the held streams.");
+ABSL_FLAG(int, hold_connections, 0,
+          "Channels of their own for the held streams; 0: they share --connections with the "
+          "measured load (whose client cost then grows with the streams held on them).");
 ABSL_FLAG(std::string, hold_ready, "queued",
           "When a held stream counts as open on the server. queued: its first event arrived "
           "(matchd); barrier: the call started, and after all did, a ListQueues round trip on "
@@ -320,11 +324,13 @@ class Call {
 // The worker: one completion queue, its thread, its connections and calls.
 class Worker {
  public:
-  Worker(int index, Shared* shared, std::vector<Stub*> stubs)
+  // `hold_stubs`: the held streams' own connections; empty: they use `stubs`.
+  Worker(int index, Shared* shared, std::vector<Stub*> stubs, std::vector<Stub*> hold_stubs)
       : index_(index),
         shared_(shared),
         config_(shared->config),
         stubs_(std::move(stubs)),
+        hold_stubs_(hold_stubs.empty() ? stubs_ : std::move(hold_stubs)),
         rng_(config_.seed * 7919 + index) {}
 
   void Start() { thread_ = std::thread([this] { Run(); }); }
@@ -332,6 +338,8 @@ class Worker {
 
   grpc::CompletionQueue* cq() { return &cq_; }
   Stub* NextStub() { return stubs_[next_stub_++ % stubs_.size()]; }
+  Stub* NextHoldStub() { return hold_stubs_[next_hold_stub_++ % hold_stubs_.size()]; }
+  size_t hold_connections() const { return hold_stubs_.size(); }
   Stats& stats() { return stats_; }
   const Config& config() const { return config_; }
 
@@ -382,6 +390,8 @@ class Worker {
   Shared* const shared_;
   const Config config_;
   std::vector<Stub*> stubs_;
+  std::vector<Stub*> hold_stubs_;
+  size_t next_hold_stub_ = 0;
   size_t next_stub_ = 0;
   std::mt19937_64 rng_;
   std::normal_distribution<double> rating_dist_{1500, 300};
@@ -641,7 +651,7 @@ void Worker::EnterPhase(int phase, bool current) {
     }
     case kHoldBarrier:
       if (!config_.hold_barrier) break;
-      for (Stub* stub : stubs_) {
+      for (Stub* stub : hold_stubs_) {
         auto* call = new BarrierCall(this, stub);
         other_calls_.insert(call);
       }
@@ -834,7 +844,7 @@ void Worker::OpenHold(int64_t i) {
   }
   request.set_queue(std::move(queue));
   AddPlayer(request.mutable_players(), absl::StrCat("h", config_.run_id, "-", i), rating);
-  auto* hold = new HoldStream(this, NextStub(), request, config_.hold_barrier);
+  auto* hold = new HoldStream(this, NextHoldStub(), request, config_.hold_barrier);
   hold_calls_.insert(hold);
   ++holds_pending_;
 }
@@ -1024,8 +1034,10 @@ int main(int argc, char** argv) {
   // Connections: a local subchannel pool and a distinct argument per channel
   // so that no two channels share a TCP connection.
   std::vector<std::shared_ptr<grpc::Channel>> channels;
-  std::vector<std::unique_ptr<Stub>> stubs;
-  for (int i = 0; i < connections; ++i) {
+  std::vector<std::unique_ptr<Stub>> stubs;  // the load's, then the holds' own
+  const int hold_connections = c.hold > 0 ? absl::GetFlag(FLAGS_hold_connections) : 0;
+  if (hold_connections < 0) return Fail("--hold_connections must be >= 0");
+  for (int i = 0; i < connections + hold_connections; ++i) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt("matchload.connection", i);
@@ -1042,7 +1054,12 @@ int main(int argc, char** argv) {
   for (int w = 0; w < c.workers; ++w) {
     std::vector<Stub*> mine;
     for (int i = w; i < connections; i += c.workers) mine.push_back(stubs[i].get());
-    workers.push_back(std::make_unique<Worker>(w, &shared, std::move(mine)));
+    std::vector<Stub*> mine_for_holds;
+    for (int i = w; i < hold_connections; i += c.workers) {
+      mine_for_holds.push_back(stubs[connections + i].get());
+    }
+    workers.push_back(
+        std::make_unique<Worker>(w, &shared, std::move(mine), std::move(mine_for_holds)));
   }
   for (auto& w : workers) w->Start();
   auto sum = [&workers](std::atomic<int64_t> Worker::*counter) {
@@ -1072,7 +1089,10 @@ int main(int argc, char** argv) {
                              sum(&Worker::holds_failed), " failed");
     } else if (c.hold_barrier) {
       shared.phase.store(kHoldBarrier, std::memory_order_release);
-      if (!WaitFor([&] { return sum(&Worker::barrier_replies) >= connections; },
+      // One round trip per connection that carries held streams.
+      int barrier_calls = 0;
+      for (auto& w : workers) barrier_calls += static_cast<int>(w->hold_connections());
+      if (!WaitFor([&] { return sum(&Worker::barrier_replies) >= barrier_calls; },
                    absl::Seconds(30))) {
         failed = true;
         failure = "hold barrier: ListQueues round trips did not come back";

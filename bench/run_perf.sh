@@ -197,9 +197,12 @@ for line in open(sys.argv[1]):
 # (a) 1v1 saturation, closed loop.
 for kind in noop noop-health matchd; do run sat "$kind" --queue duel "${SAT[@]}"; done
 # (b) the same with $HOLD streams held in another queue; its hold phase, on a
-# fresh server before any load, gives (e) memory per waiting ticket.
+# fresh server before any load, gives (e) memory per waiting ticket. The held
+# streams have connections of their own: on the load's, the load generator's
+# cost per ticket grows with the streams held there until it, not the server,
+# is the bottleneck.
 for kind in noop matchd; do
-  run hold "$kind" --queue duel --hold "$HOLD" --hold_queue hold "${SAT[@]}"
+  run hold "$kind" --queue duel --hold "$HOLD" --hold_queue hold --hold_connections 4 "${SAT[@]}"
 done
 # (c) notify latency at half of matchd's saturation rate (the same offered
 # rate for both servers): in an unrated 1v1 queue, where every match forms on
