@@ -338,8 +338,8 @@ struct Pool::Impl {
     absl::Time enqueued_at;
     int64_t enqueued_nanos;  // Ticket::enqueued_nanos
     double initial_window;   // Ticket::initial_window
-    int bin;  // team in the feasibility packing; parties of 2+ only
-    uint16_t latency;  // in the evaluated region; 0 without latency rules
+    int bin;                 // team in the feasibility packing; parties of 2+ only
+    uint16_t latency;        // in the evaluated region; 0 without latency rules
     const TicketSpec* spec;  // valid while the group is evaluated
   };
 
@@ -602,8 +602,7 @@ void Pool::Impl::MarkChanged(RatingPos first, RatingPos last, const TicketSpec* 
   if (!rules.rated) {
     for (int size = 1; size <= rules.max_party_size; ++size) {
       for (auto it = by_size_enqueue.lower_bound({partition, size, absl::InfinitePast(), 0});
-           it != by_size_enqueue.end() && std::get<0>(*it) == partition &&
-           std::get<1>(*it) == size;
+           it != by_size_enqueue.end() && std::get<0>(*it) == partition && std::get<1>(*it) == size;
            ++it) {
         Ticket& ticket = tickets.at(std::get<3>(*it));
         MarkDue(ticket, next_process);
@@ -651,7 +650,8 @@ void Pool::Impl::MarkChanged(RatingPos first, RatingPos last, const TicketSpec* 
 bool Pool::Impl::ShareARegion(const TicketSpec& a, const TicketSpec& b) const {
   if (rules.region_count == 0) return true;
   for (int r = 0; r < rules.region_count; ++r) {
-    if (a.latency_ms[r] != TicketSpec::kUnreachable && b.latency_ms[r] != TicketSpec::kUnreachable) {
+    if (a.latency_ms[r] != TicketSpec::kUnreachable &&
+        b.latency_ms[r] != TicketSpec::kUnreachable) {
       return true;
     }
   }
@@ -1155,17 +1155,16 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, double latency
   if (rules.region_count > 0 && latency > LatencyLimitFor(rules, positive, waited)) {
     if (!(rules.latency_widen_per_second > 0)) return std::nullopt;
     if (rules.latency_cap_ms != 0 && latency > rules.latency_cap_ms) return std::nullopt;
-    delay = std::max(
-        delay, (latency - rules.max_latency_ms) / rules.latency_widen_per_second - waited);
+    delay =
+        std::max(delay, (latency - rules.max_latency_ms) / rules.latency_widen_per_second - waited);
   }
   if (delay > kMaxRefinedDelaySeconds) {
     // A second early, so that rounding can never make the wakeup late.
     return now + absl::Seconds(delay) - absl::Seconds(1);
   }
 
-  const std::optional<int64_t> at = FirstNanosecond(delay, [&](int64_t nanos) {
-    return AcceptedAt(spread, latency, waits, nanos);
-  });
+  const std::optional<int64_t> at = FirstNanosecond(
+      delay, [&](int64_t nanos) { return AcceptedAt(spread, latency, waits, nanos); });
   if (!at.has_value()) return std::nullopt;
   return now + absl::Nanoseconds(*at);
 }
@@ -1328,8 +1327,7 @@ void Pool::Impl::SplitGreedy() {
     const Member& m = group[i];
     int best = -1;
     for (int t = 0; t < teams; ++t) {
-      if (team_load[t] + m.party_size <= team_size &&
-          (best < 0 || team_sum[t] < team_sum[best])) {
+      if (team_load[t] + m.party_size <= team_size && (best < 0 || team_sum[t] < team_sum[best])) {
         best = t;
       }
     }
@@ -1418,8 +1416,8 @@ absl::Status Pool::Add(const TicketSpec& ticket) {
   added.initial_window = rules_.initial_window;
   if (rules_.wait_cost > 0) {
     impl.density.Record(ticket.rating, ticket.enqueued_at);
-    double window = std::max(rules_.initial_window,
-                             impl.density.WindowFor(ticket.rating, rules_.wait_cost));
+    double window =
+        std::max(rules_.initial_window, impl.density.WindowFor(ticket.rating, rules_.wait_cost));
     if (rules_.max_window != 0) window = std::min(window, rules_.max_window);
     added.initial_window = window;
   }

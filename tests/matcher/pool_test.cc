@@ -320,9 +320,10 @@ TEST(PoolTest, WaitCostWidensTheWindowWherePlayersAreRare) {
   absl::Time now = kT0;
   TicketKey key = 1;
   for (int i = 0; i < 512; ++i, ++key) {
-    TicketSpec spec = Ticket(key, i % 4 == 3 ? 1600 + 800.0 * ((i * 7) % 128) / 128
-                                             : 1400 + 200.0 * ((i * 7) % 384) / 384,
-                             now);
+    TicketSpec spec = Ticket(
+        key,
+        i % 4 == 3 ? 1600 + 800.0 * ((i * 7) % 128) / 128 : 1400 + 200.0 * ((i * 7) % 384) / 384,
+        now);
     spec.partition = 1;
     ASSERT_TRUE(pool.Add(spec).ok());
     pool.Process(now);
@@ -693,13 +694,15 @@ TEST(PoolTest, CustomRulePenaltyDelaysMixedGroupsUntilTheWindowCoversIt) {
   EXPECT_EQ(pool.NextWakeup(), kT0 + absl::Seconds(5));
   // Same-kind players 40 apart match at once meanwhile.
   ASSERT_TRUE(pool.Add(WithInput(Ticket(3, 1540, kT0 + absl::Seconds(1)), *rules.custom_rule,
-                                 {"controller"})).ok());
+                                 {"controller"}))
+                  .ok());
   pool.Process(kT0 + absl::Seconds(1));
   ASSERT_EQ(listener.matches.size(), 1u);
   EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(2, 3));
   EXPECT_EQ(listener.matches[0].rating_spread, 40);  // the penalty is not a spread
   ASSERT_TRUE(pool.Add(WithInput(Ticket(4, 1500, kT0 + absl::Seconds(2)), *rules.custom_rule,
-                                 {"controller"})).ok());
+                                 {"controller"}))
+                  .ok());
   pool.Process(kT0 + absl::Seconds(2));
   EXPECT_EQ(listener.matches.size(), 1u);
   // Mean wait of 1 and 4 reaches 5 s at 6 s.
@@ -1337,8 +1340,7 @@ class Simulation : public PoolListener {
     std::set<int> sizes_seen;
     for (TicketKey key : waiting_) {  // keys grow with enqueue times
       const Explanation explanation = pool_.Explain(key, now_);
-      const bool watched =
-          rules_.rated || sizes_seen.insert(specs_.at(key).party_size).second;
+      const bool watched = rules_.rated || sizes_seen.insert(specs_.at(key).party_size).second;
       if (watched) {
         EXPECT_NE(explanation.blocker, Blocker::kNone) << key;
       }
@@ -1398,27 +1400,25 @@ TEST_P(RandomizedTest, SameSeedSameMatches) {
 
 INSTANTIATE_TEST_SUITE_P(
     Queues, RandomizedTest,
-    ::testing::Values(SimulationCase{"Rated1v1", Rated(2, 1, 1, 50, 5, 400)},
-                      SimulationCase{"Rated5v5Parties", Rated(2, 5, 5, 100, 10, 600)},
-                      SimulationCase{"Rated10v10Greedy", Rated(2, 10, 4, 150, 10, 0)},
-                      SimulationCase{"RatedFourTeamsOfThree", Rated(4, 3, 3, 200, 20, 0)},
-                      SimulationCase{"RatedFreeForAll8", Rated(8, 1, 1, 200, 20, 0)},
-                      SimulationCase{"Unrated3x4Parties", Unrated(3, 4, 3)},
-                      SimulationCase{"Rated5v5RegionsPartitions",
-                                     WithRegions(Rated(2, 5, 5, 100, 10, 600), 60, 5, 150)},
-                      SimulationCase{"Rated1v1RegionsPartitions",
-                                     WithRegions(Rated(2, 1, 1, 50, 5, 400), 40, 10)},
-                      SimulationCase{"UnratedRegionsPartitions",
-                                     WithRegions(Unrated(4, 1, 1), 50, 5, 120)},
-                      SimulationCase{"RatedFreeForAll8Partial",
-                                     Partial(Rated(8, 1, 1, 200, 20, 0), 4, absl::Seconds(20))},
-                      SimulationCase{"Rated5v5PartiesPartial",
-                                     Partial(Rated(2, 5, 5, 100, 10, 600), 6, absl::Seconds(15))},
-                      SimulationCase{"Rated1v1WaitCost",
-                                     WithWaitCost(Rated(2, 1, 1, 5, 2, 400), 200)},
-                      SimulationCase{"Rated5v5PartiesWaitCostRegions",
-                                     WithRegions(WithWaitCost(Rated(2, 5, 5, 20, 10, 600), 2000),
-                                                 60, 5, 150)}),
+    ::testing::Values(
+        SimulationCase{"Rated1v1", Rated(2, 1, 1, 50, 5, 400)},
+        SimulationCase{"Rated5v5Parties", Rated(2, 5, 5, 100, 10, 600)},
+        SimulationCase{"Rated10v10Greedy", Rated(2, 10, 4, 150, 10, 0)},
+        SimulationCase{"RatedFourTeamsOfThree", Rated(4, 3, 3, 200, 20, 0)},
+        SimulationCase{"RatedFreeForAll8", Rated(8, 1, 1, 200, 20, 0)},
+        SimulationCase{"Unrated3x4Parties", Unrated(3, 4, 3)},
+        SimulationCase{"Rated5v5RegionsPartitions",
+                       WithRegions(Rated(2, 5, 5, 100, 10, 600), 60, 5, 150)},
+        SimulationCase{"Rated1v1RegionsPartitions",
+                       WithRegions(Rated(2, 1, 1, 50, 5, 400), 40, 10)},
+        SimulationCase{"UnratedRegionsPartitions", WithRegions(Unrated(4, 1, 1), 50, 5, 120)},
+        SimulationCase{"RatedFreeForAll8Partial",
+                       Partial(Rated(8, 1, 1, 200, 20, 0), 4, absl::Seconds(20))},
+        SimulationCase{"Rated5v5PartiesPartial",
+                       Partial(Rated(2, 5, 5, 100, 10, 600), 6, absl::Seconds(15))},
+        SimulationCase{"Rated1v1WaitCost", WithWaitCost(Rated(2, 1, 1, 5, 2, 400), 200)},
+        SimulationCase{"Rated5v5PartiesWaitCostRegions",
+                       WithRegions(WithWaitCost(Rated(2, 5, 5, 20, 10, 600), 2000), 60, 5, 150)}),
     [](const ::testing::TestParamInfo<SimulationCase>& info) { return info.param.name; });
 
 }  // namespace
