@@ -1552,6 +1552,40 @@ Explanation Pool::Explain(TicketKey key, absl::Time now) const {
       explanation.blocker = Blocker::kNone;
       break;
   }
+  // No full match: a partial lobby may start once partial_after ends.
+  const absl::Time partial_from = ticket.spec.enqueued_at + rules_.partial_after;
+  if (rules_.min_players > 0 && now < partial_from && ticket.spec.expires_at > partial_from &&
+      (explanation.blocker == Blocker::kNotEnoughPlayers ||
+       explanation.blocker == Blocker::kTeamPacking)) {
+    Impl& impl = *impl_;
+    if (impl.Evaluate(ticket, partial_from, impl.LivePlayersAt(partial_from)).outcome ==
+        Impl::Outcome::kAccepted) {
+      explanation.acceptable_at = partial_from;
+      explanation.partial_players = impl.group_players;
+      // An older member's partial_after ends sooner: the lobby starts then
+      // if, from that member, it takes this ticket too.
+      const Impl::Member* oldest = &impl.group[0];
+      for (const Impl::Member& m : impl.group) {
+        if (std::tie(m.enqueued_at, m.key) < std::tie(oldest->enqueued_at, oldest->key)) {
+          oldest = &m;
+        }
+      }
+      const TicketKey oldest_key = oldest->key;
+      const absl::Time sooner = oldest->enqueued_at + rules_.partial_after;
+      if (oldest_key != key && now < sooner && sooner < partial_from) {
+        const Impl::Ticket& anchor = impl.tickets.at(oldest_key);
+        const bool takes_this = impl.Evaluate(anchor, sooner, impl.LivePlayersAt(sooner)).outcome ==
+                                    Impl::Outcome::kAccepted &&
+                                std::any_of(impl.group.begin(), impl.group.end(),
+                                            [&](const Impl::Member& m) { return m.key == key; });
+        if (takes_this) {
+          explanation.acceptable_at = sooner;
+          explanation.partial_players = impl.group_players;
+        }
+      }
+    }
+    impl.SetShape(rules_.team_count, rules_.team_size);
+  }
   return explanation;
 }
 

@@ -167,8 +167,11 @@ struct Explanation {
   double worst_latency_ms = 0;
   double latency_limit_ms = 0;
   // kRatingSpread, kLatency: when that group becomes acceptable if nothing
-  // changes.
+  // changes. kNotEnoughPlayers, kTeamPacking with partial lobbies: when the
+  // anchor's partial_after ends, if a partial lobby of partial_players is
+  // acceptable then.
   std::optional<absl::Time> acceptable_at;
+  int partial_players = 0;
 };
 
 // Receives the pool's outcomes. Called from inside Pool::Process; the

@@ -798,6 +798,11 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
       }
       break;
   }
+  if (e.partial_players > 0 && e.acceptable_at.has_value()) {
+    // Not enough for a full match, but a partial lobby can start.
+    s->set_reason(absl::StrCat(s->reason(), "; a lobby of ", e.partial_players,
+                               " can start in about ", expect(e)));
+  }
   return ev;
 }
 

@@ -582,8 +582,21 @@ TEST(PoolTest, FreeForAllStartsWithFewerTeamsAfterPartialAfter) {
   }
   pool.Process(kT0 + absl::Seconds(5));
   EXPECT_THAT(listener.matches, IsEmpty());
-  // The oldest ticket's partial_after ends first.
+  // The oldest ticket's partial_after ends first; it says so.
   EXPECT_EQ(pool.NextWakeup(), kT0 + absl::Seconds(31));
+  Explanation oldest = pool.Explain(1, kT0 + absl::Seconds(5));
+  EXPECT_EQ(oldest.blocker, Blocker::kNotEnoughPlayers);
+  EXPECT_EQ(oldest.acceptable_at, kT0 + absl::Seconds(31));
+  EXPECT_EQ(oldest.partial_players, 5);
+  // The youngest's own partial_after ends at 35 s, but the oldest takes it
+  // along at 31 s.
+  Explanation youngest = pool.Explain(5, kT0 + absl::Seconds(5));
+  EXPECT_EQ(youngest.acceptable_at, kT0 + absl::Seconds(31));
+  EXPECT_EQ(youngest.partial_players, 5);
+  // A ticket that expires before then expects nothing of it.
+  ASSERT_TRUE(pool.Add(Ticket(9, 0, kT0 + absl::Seconds(5), 1, kT0 + absl::Seconds(20))).ok());
+  EXPECT_EQ(pool.Explain(9, kT0 + absl::Seconds(5)).acceptable_at, std::nullopt);
+  ASSERT_TRUE(pool.Remove(9));
   pool.Process(kT0 + absl::Seconds(31) - absl::Nanoseconds(1));
   EXPECT_THAT(listener.matches, IsEmpty());
   pool.Process(kT0 + absl::Seconds(31));

@@ -744,7 +744,15 @@ TEST(ServerTest, FreeForAllStartsPartialAfterItsWait) {
     ASSERT_TRUE(players.back()->Expect().has_queued());
   }
   ts.Advance(absl::Seconds(5));
-  for (auto& p : players) ASSERT_TRUE(p->Expect().has_searching());
+  // Not enough for 4 teams, but a lobby of 3 starts when the oldest has
+  // waited partialAfter (10 s); each ticket is told when.
+  for (auto& p : players) {
+    mm::MatchEvent ev = p->Expect();
+    ASSERT_TRUE(ev.has_searching()) << ev.DebugString();
+    EXPECT_EQ(ev.searching().blocked_by(), mm::Searching::NOT_ENOUGH_PLAYERS);
+    EXPECT_THAT(ev.searching().reason(), HasSubstr("a lobby of 3 can start in about 5s"));
+    EXPECT_EQ(ev.searching().expected_wait().seconds(), 5);
+  }
   ts.Advance(absl::Seconds(5));  // partialAfter: 10s
   for (auto& p : players) {
     mm::MatchEvent ev = p->Expect();
