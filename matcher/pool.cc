@@ -65,6 +65,13 @@ int64_t IntegerWaitNanos(int64_t from, int64_t to) {
   return wait <= kMaxIntegerWaitNanos ? static_cast<int64_t>(wait) : -1;
 }
 
+// The widening per second of a group whose initial window is `initial`
+// (QueueRules::widen_time).
+double WidenFor(const QueueRules& rules, double initial) {
+  if (rules.widen_time <= absl::ZeroDuration()) return rules.widen_per_second;
+  return rules.widen_per_second + initial / absl::ToDoubleSeconds(rules.widen_time);
+}
+
 // QueueRules::WindowAt and LatencyLimitAt for a wait that is positive or not
 // (`waited`) and lasts `wait_seconds`: the one formula for the Duration and
 // the integer callers.
@@ -74,7 +81,8 @@ double WindowFor(const QueueRules& rules, double initial, bool waited, double wa
   if (!rules.rated) return kInfinity;
   double window = initial;
   // Tested separately so that an infinite wait with no widening is not NaN.
-  if (rules.widen_per_second > 0 && waited) window += rules.widen_per_second * wait_seconds;
+  const double widen = WidenFor(rules, initial);
+  if (widen > 0 && waited) window += widen * wait_seconds;
   if (rules.max_window != 0) window = std::min(window, rules.max_window);
   return window;
 }
@@ -99,7 +107,7 @@ double TicksSeconds(int64_t ticks) {
 double QueueRules::WindowAt(absl::Duration wait) const {
   const bool waited = wait > absl::ZeroDuration();
   return WindowFor(*this, initial_window, waited,
-                   waited && widen_per_second > 0 ? absl::ToDoubleSeconds(wait) : 0);
+                   waited && WidenFor(*this, initial_window) > 0 ? absl::ToDoubleSeconds(wait) : 0);
 }
 
 double QueueRules::LatencyLimitAt(absl::Duration wait) const {
@@ -143,6 +151,13 @@ absl::Status ValidateRules(const QueueRules& rules) {
   }
   if (rules.wait_cost > 0 && rules.wait_basis != QueueRules::WaitBasis::kMeanWait) {
     return invalid("wait_cost needs the mean-wait basis");
+  }
+  if (rules.widen_time < absl::ZeroDuration() || rules.widen_time == absl::InfiniteDuration()) {
+    return invalid("widen_time must be finite and >= 0, got ",
+                   absl::FormatDuration(rules.widen_time));
+  }
+  if (rules.widen_time > absl::ZeroDuration() && !(rules.wait_cost > 0)) {
+    return invalid("widen_time needs wait_cost");
   }
   if (rules.max_window != 0 && rules.max_window < rules.initial_window) {
     return invalid("max_window must be 0 (no cap) or >= initial_window (", rules.initial_window,
@@ -1148,9 +1163,10 @@ std::optional<absl::Time> Pool::Impl::AcceptableAt(double spread, double latency
   BasisWait(waits, &positive, &waited);
   double delay = 0;
   if (spread > WindowFor(rules, waits.initial_window, positive, waited)) {
-    if (!(rules.widen_per_second > 0) || !std::isfinite(spread)) return std::nullopt;
+    const double widen = WidenFor(rules, waits.initial_window);
+    if (!(widen > 0) || !std::isfinite(spread)) return std::nullopt;
     if (rules.max_window != 0 && spread > rules.max_window) return std::nullopt;
-    delay = (spread - waits.initial_window) / rules.widen_per_second - waited;
+    delay = (spread - waits.initial_window) / widen - waited;
   }
   if (rules.region_count > 0 && latency > LatencyLimitFor(rules, positive, waited)) {
     if (!(rules.latency_widen_per_second > 0)) return std::nullopt;

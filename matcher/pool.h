@@ -51,6 +51,10 @@ struct QueueRules {
   // max_window. A group's initial window is the mean of its members'.
   // Needs kMeanWait.
   double wait_cost = 0;
+  // With wait_cost, > 0: a group's window also grows by its own initial
+  // window every widen_time, on top of widen_per_second. Rare ratings, whose
+  // windows start wider, then widen faster too, which keeps their waits short.
+  absl::Duration widen_time = absl::ZeroDuration();
   absl::Duration max_wait = absl::Seconds(120);
   // Whose wait the window is taken at when a group is judged.
   //  kMeanWait (the default; what matchd's config uses): the group's mean

@@ -68,6 +68,13 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
     if (!(std::isfinite(r.wait_cost) && r.wait_cost >= 0)) {
       return invalid("rating.wait_cost must be a finite number >= 0");
     }
+    if (q.rating().has_widen_time()) {
+      r.widen_time = FromProto(q.rating().widen_time());
+      if (r.widen_time <= absl::ZeroDuration() || r.widen_time > absl::Hours(1)) {
+        return invalid("rating.widen_time must be in (0s, 1h]");
+      }
+      if (r.wait_cost == 0) return invalid("rating.widen_time needs rating.wait_cost");
+    }
   }
   r.max_wait = q.has_max_wait() ? FromProto(q.max_wait()) : absl::Seconds(120);
   if (r.max_wait <= absl::ZeroDuration() || r.max_wait > absl::Hours(1)) {

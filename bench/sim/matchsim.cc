@@ -61,6 +61,9 @@ ABSL_FLAG(double, max_window, 0, "Cap of the rating window; 0: none.");
 ABSL_FLAG(double, wait_cost, 0,
           "Rating points one second of wait is worth: > 0 sets each ticket's initial window from "
           "the arrival rate near its rating (the queue's waitCost).");
+ABSL_FLAG(double, widen_time, 0,
+          "With --wait_cost: a group's window also grows by its own initial window every this "
+          "many seconds (the queue's widenTime); 0: off.");
 ABSL_FLAG(double, max_wait, 600, "Longest wait before a ticket expires, seconds.");
 ABSL_FLAG(double, batch_interval, 15, "Interval of the batch baseline, seconds.");
 ABSL_FLAG(double, offline_cost, 2,
@@ -117,6 +120,7 @@ matcher::QueueRules BaseRules() {
   rules.widen_per_second = absl::GetFlag(FLAGS_widen);
   rules.max_window = absl::GetFlag(FLAGS_max_window);
   rules.wait_cost = absl::GetFlag(FLAGS_wait_cost);
+  rules.widen_time = absl::Seconds(absl::GetFlag(FLAGS_widen_time));
   rules.max_wait = absl::Seconds(absl::GetFlag(FLAGS_max_wait));
   if (!absl::GetFlag(FLAGS_regions).empty()) {
     rules.region_count =
@@ -139,6 +143,7 @@ absl::StatusOr<AlgorithmSpec> MakeAlgorithm(const std::string& name, double knob
     if (name == "both-windows") {
       spec.rules.wait_basis = matcher::QueueRules::WaitBasis::kYoungestWait;
       spec.rules.wait_cost = 0;
+      spec.rules.widen_time = absl::ZeroDuration();
     }
   } else if (name == "matchd-cost") {
     // matchd with windows from the arrival rate, swept over wait_cost.

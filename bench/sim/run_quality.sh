@@ -61,6 +61,10 @@ for seed in 1 2 3; do
     --duration=20000 --wait_cost=1.5 --widen=0.8
   run "target, seed $seed: 5v5 solo, 20/s, waitCost" --seed=$seed --algorithms=matchd \
     --team_size=5 --rate=20 --duration=3600 --wait_cost=100 --widen=10 --max_window=300
+  run "target, seed $seed: 1v1, 10/s, waitCost + widenTime" --seed=$seed --algorithms=matchd \
+    --rate=10 --duration=3600 --wait_cost=2 --widen=0.3 --widen_time=10
+  run "target, seed $seed: 1v1, 1/s, waitCost + widenTime" --seed=$seed --algorithms=matchd \
+    --rate=1 --duration=20000 --wait_cost=1 --widen=0.1 --widen_time=30
 done
 run "target: 5v5 solo, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
   --duration=3600 --initial_window=35 --widen=18 --max_window=300

@@ -78,6 +78,11 @@ QueueRules WithWaitCost(QueueRules rules, double wait_cost) {
   return rules;
 }
 
+QueueRules WithWidenTime(QueueRules rules, absl::Duration widen_time) {
+  rules.widen_time = widen_time;
+  return rules;
+}
+
 QueueRules Partial(QueueRules rules, int min_players, absl::Duration after) {
   rules.min_players = min_players;
   rules.partial_after = after;
@@ -169,6 +174,12 @@ TEST(ValidateRulesTest, NamesTheOffendingField) {
   cost.wait_cost = 4;
   cost.wait_basis = QueueRules::WaitBasis::kYoungestWait;
   cases.push_back({cost, "wait_cost"});
+  QueueRules widen = Rated(2, 1, 1, 0, 1);
+  widen.widen_time = absl::Seconds(10);  // without wait_cost
+  cases.push_back({widen, "widen_time"});
+  widen.wait_cost = 4;
+  widen.widen_time = absl::Seconds(-1);
+  cases.push_back({widen, "widen_time"});
   QueueRules unrated_cost = Unrated(2, 1, 1);
   unrated_cost.wait_cost = 4;
   cases.push_back({unrated_cost, "wait_cost"});
@@ -310,25 +321,28 @@ TEST(PoolTest, AcceptanceUsesTheMeanWaitOfTheGroup) {
   EXPECT_EQ(listener.matches[0].mean_wait, absl::Seconds(15));
 }
 
+// Feeds `pool` 512 arrivals in partition 1, 100 ms apart, from kT0: three
+// quarters of them in [1400, 1600), a quarter spread over [1600, 2400).
+// Returns the time after the last.
+absl::Time FeedSkewedArrivals(Pool& pool) {
+  absl::Time now = kT0;
+  for (int i = 0; i < 512; ++i) {
+    const double rating =
+        i % 4 == 3 ? 1600 + 800.0 * ((i * 7) % 128) / 128 : 1400 + 200.0 * ((i * 7) % 384) / 384;
+    EXPECT_TRUE(pool.Add(InPartition(Ticket(i + 1, rating, now), 1)).ok());
+    pool.Process(now);
+    now += absl::Milliseconds(100);
+  }
+  return now;
+}
+
 TEST(PoolTest, WaitCostWidensTheWindowWherePlayersAreRare) {
   RecordingListener listener;
   QueueRules rules = Rated(2, 1, 1, 0, 0);  // no window but the arrival rate's
   rules.wait_cost = 4;
   Pool pool(rules, &listener);
-  // Partition 1 sets the arrival rate: three quarters of the arrivals in
-  // [1400, 1600), a quarter spread over [1600, 2400).
-  absl::Time now = kT0;
-  TicketKey key = 1;
-  for (int i = 0; i < 512; ++i, ++key) {
-    TicketSpec spec = Ticket(
-        key,
-        i % 4 == 3 ? 1600 + 800.0 * ((i * 7) % 128) / 128 : 1400 + 200.0 * ((i * 7) % 384) / 384,
-        now);
-    spec.partition = 1;
-    ASSERT_TRUE(pool.Add(spec).ok());
-    pool.Process(now);
-    now += absl::Milliseconds(100);
-  }
+  // Partition 1 sets the arrival rate.
+  const absl::Time now = FeedSkewedArrivals(pool);
   const size_t warmup_matches = listener.matches.size();
   // The same gap near 1500 (dense) and near 2000 (12x sparser), each pair in
   // a partition of its own.
@@ -354,6 +368,42 @@ TEST(PoolTest, WaitCostWidensTheWindowWherePlayersAreRare) {
   // Without widening the dense pair waits for a closer partner.
   EXPECT_TRUE(pool.Contains(1001));
   EXPECT_EQ(pool.Explain(1001, now + absl::Hours(1)).blocker, Blocker::kRatingSpread);
+}
+
+TEST(PoolTest, WidenTimeWidensEachGroupByItsOwnInitialWindow) {
+  RecordingListener listener;
+  QueueRules rules = Rated(2, 1, 1, 0, 0);
+  rules.wait_cost = 4;
+  rules.widen_time = absl::Seconds(10);
+  Pool pool(rules, &listener);
+  const absl::Time now = FeedSkewedArrivals(pool);
+  ASSERT_TRUE(pool.Add(InPartition(Ticket(1001, 1500, now), 2)).ok());
+  ASSERT_TRUE(pool.Add(InPartition(Ticket(2001, 2000, now), 3)).ok());
+  // After widen_time every ticket's window is twice its initial one: the
+  // sparse one, wider from the start, also widens faster.
+  for (TicketKey key : {1001, 2001}) {
+    const Explanation later = pool.Explain(key, now + absl::Seconds(10));
+    EXPECT_GT(later.initial_window, 0);
+    EXPECT_DOUBLE_EQ(later.window, 2 * later.initial_window) << key;
+  }
+  EXPECT_GT(pool.Explain(2001, now).initial_window, 3 * pool.Explain(1001, now).initial_window);
+  // A partner three initial windows away: the pair's mean window covers the
+  // gap once it has tripled, after 2 x widen_time.
+  const double dense = pool.Explain(1001, now).initial_window;
+  ASSERT_TRUE(pool.Add(InPartition(Ticket(1002, 1500 + 3 * dense, now), 2)).ok());
+  pool.Process(now);
+  const Explanation pair = pool.Explain(1001, now);
+  ASSERT_EQ(pair.blocker, Blocker::kRatingSpread);
+  const double mean_initial = (dense + pool.Explain(1002, now).initial_window) / 2;
+  const double expected = 10 * (3 * dense / mean_initial - 1);
+  ASSERT_TRUE(pair.acceptable_at.has_value());
+  EXPECT_NEAR(absl::ToDoubleSeconds(*pair.acceptable_at - now), expected, 1e-6);
+  EXPECT_LE(pool.NextWakeup(), *pair.acceptable_at);
+  pool.Process(*pair.acceptable_at - absl::Nanoseconds(1));
+  EXPECT_TRUE(pool.Contains(1001));
+  pool.Process(*pair.acceptable_at);
+  ASSERT_FALSE(listener.matches.empty());
+  EXPECT_THAT(AllKeys(listener.matches.back()), ElementsAre(1001, 1002));
 }
 
 TEST(PoolTest, YoungestWaitBasisNeedsEveryMembersOwnWindow) {
@@ -1430,6 +1480,9 @@ INSTANTIATE_TEST_SUITE_P(
         SimulationCase{"Rated5v5PartiesPartial",
                        Partial(Rated(2, 5, 5, 100, 10, 600), 6, absl::Seconds(15))},
         SimulationCase{"Rated1v1WaitCost", WithWaitCost(Rated(2, 1, 1, 5, 2, 400), 200)},
+        SimulationCase{
+            "Rated1v1WaitCostWidenTime",
+            WithWidenTime(WithWaitCost(Rated(2, 1, 1, 0, 0.5, 400), 200), absl::Seconds(4))},
         SimulationCase{"Rated5v5PartiesWaitCostRegions",
                        WithRegions(WithWaitCost(Rated(2, 5, 5, 20, 10, 600), 2000), 60, 5, 150)}),
     [](const ::testing::TestParamInfo<SimulationCase>& info) { return info.param.name; });

@@ -822,6 +822,14 @@ TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
                           R"(, "rating": {"widenPerSecond": 1, "waitCost": 3}}]})");
   ASSERT_TRUE(cost.ok()) << cost.status();
   EXPECT_EQ(cost->at(0).rules.wait_cost, 3);
+  auto widen = ParseConfig(R"({"queues": [{)" + base +
+                           R"(, "rating": {"waitCost": 2, "widenTime": "10s"}}]})");
+  ASSERT_TRUE(widen.ok()) << widen.status();
+  EXPECT_EQ(widen->at(0).rules.widen_time, absl::Seconds(10));
+  EXPECT_THAT(error("{" + base + R"(, "rating": {"widenTime": "10s"}})"),
+              HasSubstr("rating.widen_time needs rating.wait_cost"));
+  EXPECT_THAT(error("{" + base + R"(, "rating": {"waitCost": 2, "widenTime": "0s"}})"),
+              HasSubstr("rating.widen_time must be in (0s, 1h]"));
   EXPECT_THAT(error("{" + base + R"(, "rating": {"waitCost": -1}})"),
               HasSubstr("rating.wait_cost must be a finite number >= 0"));
 }
