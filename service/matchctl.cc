@@ -222,8 +222,9 @@ void PrintEvent(const mm::MatchEvent& ev) {
       break;
     }
     case mm::MatchEvent::kMatched:
-      std::cout << absl::StrFormat("matched   match %s in %s\n", ev.matched().match().match_id(),
-                                   ev.matched().match().queue());
+      // The ticket too: a ticket matched at once was never told `queued`.
+      std::cout << absl::StrFormat("matched   ticket %s: match %s in %s\n", ev.ticket_id(),
+                                   ev.matched().match().match_id(), ev.matched().match().queue());
       PrintMatch(ev.matched().match());
       break;
     default:
