@@ -39,13 +39,32 @@ void EventLoop::OnNudge(bool /*ok*/) {
 }
 
 EventLoop::TimerId EventLoop::RunAt(absl::Time when, Task task) {
-  const TimerId id = next_timer_id_++;
-  timers_.emplace(id, std::move(task));
-  timer_heap_.push(TimerEntry{when, id});
-  return id;
+  uint32_t slot;
+  if (free_timer_slots_.empty()) {
+    slot = static_cast<uint32_t>(timer_slots_.size());
+    timer_slots_.emplace_back();
+  } else {
+    slot = free_timer_slots_.back();
+    free_timer_slots_.pop_back();
+  }
+  TimerSlot& s = timer_slots_[slot];
+  ++s.generation;
+  s.armed = true;
+  s.task = std::move(task);
+  timer_heap_.push(TimerEntry{when, timer_order_++, slot, s.generation});
+  return MakeTimerId(slot, s.generation);
 }
 
-void EventLoop::CancelTimer(TimerId id) { timers_.erase(id); }
+void EventLoop::CancelTimer(TimerId id) {
+  if (id == 0) return;
+  const uint64_t slot = (id & 0xffffffffu) - 1;
+  if (slot >= timer_slots_.size()) return;
+  TimerSlot& s = timer_slots_[slot];
+  if (!s.armed || s.generation != static_cast<uint32_t>(id >> 32)) return;
+  s.armed = false;
+  s.task = nullptr;
+  free_timer_slots_.push_back(static_cast<uint32_t>(slot));
+}
 
 void EventLoop::RunPosted() {
   {
@@ -60,29 +79,32 @@ void EventLoop::RunPosted() {
     std::move(t)();
   }
   running_.clear();
-  // Tasks posted by the loop to itself may post more; run until quiet.
+  // Tasks posted by the loop to itself may post more; run until quiet. The
+  // two vectors trade places, so both keep their capacity.
   while (!local_.empty()) {
-    std::vector<Task> batch;
-    batch.swap(local_);
-    for (Task& t : batch) std::move(t)();
+    local_batch_.swap(local_);
+    for (Task& t : local_batch_) std::move(t)();
+    local_batch_.clear();
   }
 }
 
 void EventLoop::RunDueTimers() {
   const absl::Time now = clock_->Now();
   while (!timer_heap_.empty() && timer_heap_.top().when <= now) {
-    const TimerId id = timer_heap_.top().id;
+    const TimerEntry e = timer_heap_.top();
     timer_heap_.pop();
-    auto it = timers_.find(id);
-    if (it == timers_.end()) continue;  // cancelled
-    Task task = std::move(it->second);
-    timers_.erase(it);
+    if (!Live(e)) continue;  // cancelled
+    TimerSlot& s = timer_slots_[e.slot];
+    Task task = std::move(s.task);
+    s.task = nullptr;
+    s.armed = false;
+    free_timer_slots_.push_back(e.slot);
     std::move(task)();
   }
 }
 
 absl::Time EventLoop::NextTimer() {
-  while (!timer_heap_.empty() && !timers_.count(timer_heap_.top().id)) timer_heap_.pop();
+  while (!timer_heap_.empty() && !Live(timer_heap_.top())) timer_heap_.pop();
   return timer_heap_.empty() ? absl::InfiniteFuture() : timer_heap_.top().when;
 }
 

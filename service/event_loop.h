@@ -11,7 +11,6 @@
 #include <mutex>
 #include <queue>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include <grpcpp/alarm.h>
@@ -49,10 +48,21 @@ class EventLoop final {
   // the task runs after the current event, without a wake-up. Tasks posted
   // after Stop() are dropped.
   void Post(Task task);
+  // Runs `f` at once when called on the loop's thread, otherwise posts it
+  // (asio's dispatch). Direct, it costs no allocation and no hand-off.
+  template <typename F>
+  void Dispatch(F&& f) {
+    if (InLoopThread()) {
+      std::forward<F>(f)();
+    } else {
+      Post(Task(std::forward<F>(f)));
+    }
+  }
   // Runs `task` at `when` (or at once if it has passed). Loop thread only.
+  // Never returns 0, so callers may use 0 for "no timer".
   TimerId RunAt(absl::Time when, Task task);
-  // Cancels a timer that has not run. Unknown or already-run ids are ignored.
-  // Loop thread only.
+  // Cancels a timer that has not run. Unknown or already-run ids (and 0) are
+  // ignored. Loop thread only.
   void CancelTimer(TimerId id);
   // Shuts the completion queue down (call after grpc::Server::Shutdown),
   // lets the loop drain it, and joins the thread. Pending timers are dropped.
@@ -83,17 +93,38 @@ class EventLoop final {
 
   // Loop-thread state.
   std::vector<Task> local_;  // posted from the loop itself
+  std::vector<Task> local_batch_;  // local_'s previous contents, while they run
   std::vector<Task> running_;
+  // Timers. Each armed timer holds a slot; slots are reused through a free
+  // list, so arming a timer allocates nothing once the loop has warmed up. A
+  // TimerId is the slot's index and its generation (bumped on every reuse),
+  // so the id of a timer that ran or was cancelled never matches a later one.
+  // A cancelled timer's heap entry stays until it comes up, and is skipped.
+  struct TimerSlot {
+    Task task;
+    uint32_t generation = 0;
+    bool armed = false;
+  };
   struct TimerEntry {
     absl::Time when;
-    TimerId id;
+    uint64_t order;  // arming order: equal times run first-armed first
+    uint32_t slot;
+    uint32_t generation;
     bool operator>(const TimerEntry& o) const {
-      return when != o.when ? when > o.when : id > o.id;
+      return when != o.when ? when > o.when : order > o.order;
     }
   };
+  static TimerId MakeTimerId(uint32_t slot, uint32_t generation) {
+    return (static_cast<uint64_t>(generation) << 32) | (static_cast<uint64_t>(slot) + 1);
+  }
+  bool Live(const TimerEntry& e) const {
+    const TimerSlot& s = timer_slots_[e.slot];
+    return s.armed && s.generation == e.generation;
+  }
   std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<TimerEntry>> timer_heap_;
-  std::unordered_map<TimerId, Task> timers_;
-  TimerId next_timer_id_ = 1;
+  std::vector<TimerSlot> timer_slots_;
+  std::vector<uint32_t> free_timer_slots_;
+  uint64_t timer_order_ = 0;
 };
 
 }  // namespace matchd
