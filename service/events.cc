@@ -71,7 +71,9 @@ grpc::ByteBuffer EventBytes(const matchmaking::v1::MatchEvent& event) {
 
 grpc::ByteBuffer MatchedEventBytes(const std::string& ticket_id, uint64_t seq, absl::Time time,
                                    const SharedMatch& match) {
-  matchmaking::v1::MatchEvent header;
+  // Reused: its string and timestamp keep their storage from one event to
+  // the next, so a header costs no allocation.
+  thread_local matchmaking::v1::MatchEvent header;
   header.set_ticket_id(ticket_id);
   header.set_seq(seq);
   *header.mutable_time() = ToProtoTime(time);

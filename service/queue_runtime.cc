@@ -18,6 +18,11 @@ namespace mm = ::matchmaking::v1;
 
 namespace {
 
+// How late a DueFifo entry may run when its FIFO's timer has just fired:
+// under load one timer then serves every entry of a millisecond, instead of
+// one timer per entry.
+constexpr absl::Duration kFifoBatch = absl::Milliseconds(1);
+
 // Appends the low `digits` hex digits of `value` (lower case, zero-padded):
 // ticket and match ids, one per ticket, without a format string.
 void AppendHex(uint64_t value, int digits, std::string* out) {
@@ -32,10 +37,10 @@ void AppendHex(uint64_t value, int digits, std::string* out) {
 
 }  // namespace
 
-std::vector<double> WinProbabilities(const std::vector<double>& team_ratings) {
+TeamValues WinProbabilities(absl::Span<const double> team_ratings) {
   // Relative to the strongest team, so that 10^(r/400) cannot overflow.
   const double top = *std::max_element(team_ratings.begin(), team_ratings.end());
-  std::vector<double> p;
+  TeamValues p;
   double sum = 0;
   for (double r : team_ratings) {
     p.push_back(std::pow(10.0, (r - top) / 400.0));
@@ -245,8 +250,7 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
   // By key from here: a ticket that ended may already be gone (TrimRetired).
   const absl::Duration delay = runtime_->limits.queued_delay;
   if (delay == absl::ZeroDuration()) return SendQueuedIfUntold(key);
-  queued_due_.push_back(Due{key, now + delay});
-  if (queued_timer_ == 0) ArmFifo(&queued_due_, &queued_timer_, &QueueRuntime::SendQueuedIfUntold);
+  PushDue(&queued_due_, key, now + delay);
 }
 
 void QueueRuntime::SendQueuedIfUntold(TicketKey key) {
@@ -259,18 +263,23 @@ void QueueRuntime::SendQueuedIfUntold(TicketKey key) {
   ScheduleHeartbeat(t);
 }
 
-void QueueRuntime::ArmFifo(DueFifo* fifo, EventLoop::TimerId* timer,
-                           void (QueueRuntime::*on_due)(TicketKey)) {
-  if (fifo->empty()) return;
-  *timer = loop_->RunAt(fifo->front().at, [this, fifo, timer, on_due] {
-    *timer = 0;
+void QueueRuntime::PushDue(DueFifo* fifo, TicketKey key, absl::Time at) {
+  fifo->entries.push_back(Due{key, at});
+  if (fifo->timer == 0) ArmFifo(fifo, absl::InfinitePast());
+}
+
+void QueueRuntime::ArmFifo(DueFifo* fifo, absl::Time not_before) {
+  if (fifo->entries.empty()) return;
+  // Two pointers: the task fits in EventLoop::Task without an allocation.
+  fifo->timer = loop_->RunAt(std::max(fifo->entries.front().at, not_before), [this, fifo] {
+    fifo->timer = 0;
     const absl::Time now = runtime_->clock->Now();
-    while (!fifo->empty() && fifo->front().at <= now) {
-      const TicketKey key = fifo->front().key;
-      fifo->pop_front();
-      (this->*on_due)(key);
+    while (!fifo->entries.empty() && fifo->entries.front().at <= now) {
+      const TicketKey key = fifo->entries.front().key;
+      fifo->entries.pop_front();
+      (this->*(fifo->on_due))(key);
     }
-    ArmFifo(fifo, timer, on_due);
+    ArmFifo(fifo, now + kFifoBatch);
   });
 }
 
@@ -527,9 +536,10 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
   q->set_rating_spread(formed.rating_spread);
   q->set_team_gap(formed.team_gap);
   if (settings_.rules.rated) {
-    std::vector<double> means;
+    TeamValues means;
     for (const mm::Team& team : m.teams()) means.push_back(team.mean_rating());
-    for (double p : WinProbabilities(means)) q->add_win_probability(p);
+    const TeamValues p = WinProbabilities(means);
+    q->mutable_win_probability()->Add(p.begin(), p.end());
   }
   *q->mutable_mean_wait() = ToProtoDuration(formed.mean_wait);
   if (formed.region >= 0) {
@@ -608,17 +618,16 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
   t.lease_timer = 0;
   t.lease_timer_at = absl::InfiniteFuture();
   t.lease_until = runtime_->clock->Now() + runtime_->limits.ticket_retention;
-  retired_.push_back(Due{t.key, t.lease_until});
-  if (retention_timer_ == 0) ArmFifo(&retired_, &retention_timer_, &QueueRuntime::EraseTicket);
+  PushDue(&retired_, t.key, t.lease_until);
   PublishCounts();
 }
 
 void QueueRuntime::EraseTicket(TicketKey key) { tickets_.erase(key); }
 
 void QueueRuntime::TrimRetired() {
-  while (static_cast<int64_t>(retired_.size()) > runtime_->limits.max_retained_tickets) {
-    tickets_.erase(retired_.front().key);
-    retired_.pop_front();
+  while (static_cast<int64_t>(retired_.entries.size()) > runtime_->limits.max_retained_tickets) {
+    tickets_.erase(retired_.entries.front().key);
+    retired_.entries.pop_front();
   }
 }
 

@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
+#include "absl/types/span.h"
 #include "matcher/pool.h"
 #include "matchmaking/v1/matchmaking.pb.h"
 #include "service/config.h"
@@ -23,8 +25,10 @@
 namespace matchd {
 
 // Each team's predicted chance to win from its mean rating, Elo scale:
-// p_i = 10^(r_i/400) / sum_j 10^(r_j/400). Non-empty input.
-std::vector<double> WinProbabilities(const std::vector<double>& team_ratings);
+// p_i = 10^(r_i/400) / sum_j 10^(r_j/400). Non-empty input. Inline storage:
+// one per match, without an allocation for up to four teams.
+using TeamValues = absl::InlinedVector<double, 4>;
+TeamValues WinProbabilities(absl::Span<const double> team_ratings);
 
 // Why a stream left its ticket.
 enum class DetachReason {
@@ -113,11 +117,18 @@ class QueueRuntime final : private matcher::PoolListener {
     matcher::TicketKey key;
     absl::Time at;
   };
-  using DueFifo = std::deque<Due>;
-  // Runs (this->*on_due)(key) for each entry of `fifo` when its time comes.
-  // `timer` holds the armed timer (0: none); call when it is 0 after a push.
-  void ArmFifo(DueFifo* fifo, EventLoop::TimerId* timer,
-               void (QueueRuntime::*on_due)(matcher::TicketKey));
+  struct DueFifo {
+    explicit DueFifo(void (QueueRuntime::*handler)(matcher::TicketKey)) : on_due(handler) {}
+    std::deque<Due> entries;
+    EventLoop::TimerId timer = 0;  // armed on the front; 0: none
+    void (QueueRuntime::*const on_due)(matcher::TicketKey);
+  };
+  // Appends an entry and arms the FIFO's timer if it has none.
+  void PushDue(DueFifo* fifo, matcher::TicketKey key, absl::Time at);
+  // Runs (this->*on_due)(key) for each entry of `fifo` when its time comes:
+  // on time for an entry at the front of an idle FIFO, otherwise at most
+  // kFifoBatch late, so that under load one timer serves many entries.
+  void ArmFifo(DueFifo* fifo, absl::Time not_before);
   void EndDrained(matcher::TicketKey key);
   matchmaking::v1::MatchEvent QueuedEvent(const Ticket& t, uint64_t seq) const;
   matchmaking::v1::MatchEvent SearchingEvent(Ticket& t);
@@ -136,7 +147,7 @@ class QueueRuntime final : private matcher::PoolListener {
   std::vector<matchmaking::v1::Player*> moved_players_;
   // Finished tickets, oldest first, with the end of their retention (see
   // RuntimeLimits::max_retained_tickets); one timer serves the front.
-  DueFifo retired_;
+  DueFifo retired_{&QueueRuntime::EraseTicket};
   // Match-attribute value lists in use -> their pool partition, counted by
   // active tickets (an entry goes with its last ticket).
   struct Partition {
@@ -147,11 +158,9 @@ class QueueRuntime final : private matcher::PoolListener {
   uint64_t next_partition_ = 1;
   uint64_t AcquirePartition(const std::string& key);
   void ReleasePartition(const std::string& key);
-  EventLoop::TimerId retention_timer_ = 0;
   // FindMatch tickets to tell `queued` (RuntimeLimits::queued_delay after
   // they arrived), oldest first; one timer serves the front, as for retired_.
-  DueFifo queued_due_;
-  EventLoop::TimerId queued_timer_ = 0;
+  DueFifo queued_due_{&QueueRuntime::SendQueuedIfUntold};
   matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;
   Metrics::Queue* const metrics_;  // owned by runtime_->metrics

@@ -34,6 +34,7 @@ struct ServerOptions {
   absl::Duration heartbeat_interval = absl::Seconds(5);
   // How long a FindMatch ticket waits before it is told `queued`; a ticket
   // matched sooner gets `matched` alone. 0: at once. At most the heartbeat.
+  // Under load up to 1 ms later (one timer serves a millisecond's tickets).
   absl::Duration queued_delay = absl::Milliseconds(50);
   // How long a ticket in a terminal state still answers GetTicket/WatchTicket.
   absl::Duration ticket_retention = absl::Seconds(60);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <set>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -35,7 +34,6 @@ absl::Status ValidateParty(
                                 " is larger than this queue's maximum party size of ",
                                 rules.max_party_size));
   }
-  std::set<std::string> seen;
   for (int i = 0; i < players.size(); ++i) {
     const matchmaking::v1::Player& p = players[i];
     const std::string where = absl::StrCat("players[", i, "]");
@@ -43,8 +41,12 @@ absl::Status ValidateParty(
       return Invalid(where, ".id must be 1..", absl::StrCat(kMaxIdBytes),
                      " bytes of printable ASCII without spaces");
     }
-    if (!seen.insert(p.id()).second) {
-      return Invalid(where, ".id \"", p.id(), "\" appears twice in the party");
+    // Parties are small (at most max_party_size): a scan beats a set, and
+    // allocates nothing.
+    for (int j = 0; j < i; ++j) {
+      if (players[j].id() == p.id()) {
+        return Invalid(where, ".id \"", p.id(), "\" appears twice in the party");
+      }
     }
     if (!std::isfinite(p.rating()) || std::fabs(p.rating()) > kMaxAbsRating) {
       return Invalid(where, ".rating must be a finite number within [-100000, 100000]");

@@ -147,14 +147,14 @@ TEST(EventsTest, MatchedEventBytesParseAsTheWholeEvent) {
 }
 
 TEST(WinProbabilityTest, EloLogisticGeneralisedToManyTeams) {
-  const std::vector<double> even = WinProbabilities({1500, 1500, 1500, 1500});
+  const TeamValues even = WinProbabilities({1500, 1500, 1500, 1500});
   for (double p : even) EXPECT_DOUBLE_EQ(p, 0.25);
   // 400 points apart: ten times as likely (Elo's scale).
-  const std::vector<double> two = WinProbabilities({1900, 1500});
+  const TeamValues two = WinProbabilities({1900, 1500});
   EXPECT_NEAR(two[0], 10.0 / 11, 1e-12);
   EXPECT_NEAR(two[1], 1.0 / 11, 1e-12);
   // Far apart: no overflow, still a distribution.
-  const std::vector<double> far = WinProbabilities({-100000, 100000});
+  const TeamValues far = WinProbabilities({-100000, 100000});
   EXPECT_EQ(far[0], 0);
   EXPECT_EQ(far[1], 1);
 }
