@@ -36,8 +36,13 @@ class StreamCall final {
   // Requests one call of `kind` on `loop`. The object owns itself from here.
   static void Request(Runtime* runtime, EventLoop* loop, Kind kind);
 
-  // Call-loop only (through StreamLink).
-  void Send(grpc::ByteBuffer event);
+  // Storage recycled per thread (see calls.cc).
+  static void* operator new(size_t size);
+  static void operator delete(void* p);
+
+  // Call-loop only (through StreamLink). Each takes the event's contents
+  // (`*event`, `*last`), leaving it empty.
+  void Send(grpc::ByteBuffer* event);
   void Close(grpc::Status status, grpc::ByteBuffer* last);
 
  private:

@@ -94,15 +94,17 @@ class LiveCallToken final {
 
 // Connects a ticket, owned by its queue's loop, to the stream call that
 // carries its events, owned by the call's loop. Refcounted: both sides hold
-// it. The queue's loop calls Send/Close (any thread may); they run on the
-// call's loop in the order they were made.
+// it. The queue's loop calls Send/Close; they run on the call's loop in the
+// order they were made, always posted (also to the same loop), so that the
+// queue's step is complete before the caller sees the event.
 class StreamLink final : public std::enable_shared_from_this<StreamLink> {
  public:
   StreamLink(EventLoop* call_loop, StreamCall* call) : call_loop_(call_loop), call_(call) {}
 
   // Queues an event for the stream.
   void Send(grpc::ByteBuffer event);
-  // Ends the stream with `status` after the queued events (and `last`, if given).
+  // Ends the stream with `status` after the queued events (and `last`, if
+  // given; its contents are taken).
   void Close(grpc::Status status, grpc::ByteBuffer* last = nullptr);
 
   // True once the call has ended for any reason (client cancel, connection
