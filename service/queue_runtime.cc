@@ -458,15 +458,18 @@ void QueueRuntime::OnStreamEnded(const StreamLink* link, DetachReason reason) {
 void QueueRuntime::EndWaiting(absl::Time start, absl::Duration spread) {
   draining_ = true;
   std::uniform_real_distribution<double> jitter(0.0, 1.0);
-  for (auto& [key, ticket] : tickets_) {
-    if (!ticket->active()) continue;
+  // The keys first: ending a ticket may erase others from tickets_.
+  std::vector<TicketKey> active;
+  for (const auto& [key, ticket] : tickets_) {
+    if (ticket->active()) active.push_back(key);
+  }
+  for (const TicketKey key : active) {
     if (spread <= absl::ZeroDuration()) {
       EndDrained(key);
       continue;
     }
     // Spread so that callers do not all reconnect to other replicas at once.
-    const TicketKey k = key;
-    loop_->RunAt(start + spread * jitter(rng_), [this, k] { EndDrained(k); });
+    loop_->RunAt(start + spread * jitter(rng_), [this, key] { EndDrained(key); });
   }
   TrimRetired();
 }

@@ -866,6 +866,28 @@ TEST(ServerTest, DrainTurnsReadinessOffThenEndsWaitingCallsWithinTheSpread) {
   }
 }
 
+// With no retention every ticket that ends is dropped at once: ending them all
+// must not pull the ticket table from under the loop that walks it (the
+// sanitizer builds catch a use after free).
+TEST(ServerTest, DrainWithoutSpreadOrRetentionEndsEveryWaitingCall) {
+  TestServerOptions options;
+  options.max_retained_tickets = 0;
+  TestServer ts(options);
+  std::vector<std::unique_ptr<EventStream>> streams;
+  for (int i = 0; i < 8; ++i) {
+    // 1000 Elo apart: nobody matches.
+    streams.push_back(EventStream::Find(ts.stub(), "duel",
+                                        {MakePlayer(absl::StrCat("p", i), 1000.0 * i)}));
+    ASSERT_TRUE(streams.back()->Expect().has_queued());
+  }
+  ts.server().EndWaitingCalls(absl::ZeroDuration());
+  for (auto& s : streams) {
+    grpc::Status status = s->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_THAT(status.error_message(), HasSubstr("draining"));
+  }
+}
+
 TEST(ServerTest, HealthWatchFollowsDrainAndEndsAtShutdown) {
   auto ts = std::make_unique<TestServer>();
   EXPECT_EQ(ts->HealthStatus("no-such-service"), -1);  // NOT_FOUND
