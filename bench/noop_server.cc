@@ -45,6 +45,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
 #include "service/completion.h"
 
@@ -335,6 +336,8 @@ void RunLoop(grpc::ServerCompletionQueue* cq) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("noop_server: a logic-free Matchmaker baseline for benchmarks.");
   absl::ParseCommandLine(argc, argv);
+  // As matchd does: no absl::Mutex deadlock detection (on in Debian's abseil).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const int threads = absl::GetFlag(FLAGS_threads);
   if (threads < 1) {
     std::cerr << "noop_server: --threads must be >= 1" << std::endl;

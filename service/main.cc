@@ -13,6 +13,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/config.h"
 #include "service/log.h"
@@ -91,6 +92,10 @@ bool WaitForSignal(const sigset_t& signals, absl::Duration timeout, int* sig) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("matchd: a streaming matchmaking server. Flags: --helpfull.");
   absl::ParseCommandLine(argc, argv);
+  // Debian builds abseil without NDEBUG, which turns on absl::Mutex's deadlock
+  // detection: a global graph updated on every lock gRPC takes. A server
+  // has no use for it (debug builds of the tests keep it).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   if (absl::GetFlag(FLAGS_print_default_config)) {
     std::cout << matchd::DefaultConfigJson();
     return 0;
