@@ -208,8 +208,15 @@ done
 # rate for both servers): in an unrated 1v1 queue, where every match forms on
 # the arrival that completes it, and in the rated duel, where some form later,
 # when a widening window comes to cover tickets already waiting.
-HALF_RATE="$(rate_of sat/matchd)"
-HALF_RATE=$(( ${HALF_RATE:-$((2 * HALF_RATE_DEFAULT))} / 2 ))
+# The smoke run offers a small fixed rate: it checks that the scenario works,
+# and a one-second open loop at tens of thousands of tickets per second can
+# tip into the overload described in docs/PERFORMANCE.md ("Known issue").
+if [ "$SMOKE" = 1 ]; then
+  HALF_RATE="$HALF_RATE_DEFAULT"
+else
+  HALF_RATE="$(rate_of sat/matchd)"
+  HALF_RATE=$(( ${HALF_RATE:-$((2 * HALF_RATE_DEFAULT))} / 2 ))
+fi
 for kind in noop matchd; do
   run latency "$kind" --queue duel-fill --rate "$HALF_RATE" "${LAT[@]}"
 done
