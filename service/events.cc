@@ -1,5 +1,6 @@
 #include "service/events.h"
 
+#include <cassert>
 #include <utility>
 
 #include "google/protobuf/io/coded_stream.h"
@@ -42,15 +43,14 @@ google::protobuf::Duration ToProtoDuration(absl::Duration d) {
   return out;
 }
 
-std::shared_ptr<const SharedMatch> MakeSharedMatch(matchmaking::v1::Match match) {
+std::shared_ptr<const SharedMatch> MakeSharedMatch(const matchmaking::v1::Match& match) {
   auto shared = std::make_shared<SharedMatch>();
-  shared->match = std::move(match);
   // MatchEvent.matched (field 12) holding Matched.match (field 1), both
   // length-delimited, written around the match's own bytes: the match is
   // serialized once and never copied.
   constexpr uint8_t kMatchedTag = (12 << 3) | 2;
   constexpr uint8_t kMatchTag = (1 << 3) | 2;
-  const size_t match_size = shared->match.ByteSizeLong();
+  const size_t match_size = match.ByteSizeLong();
   const size_t matched_size = 1 + CodedOutputStream::VarintSize64(match_size) + match_size;
   const size_t total = 1 + CodedOutputStream::VarintSize64(matched_size) + matched_size;
   grpc_slice slice = grpc_slice_malloc(total);
@@ -59,9 +59,19 @@ std::shared_ptr<const SharedMatch> MakeSharedMatch(matchmaking::v1::Match match)
   out = CodedOutputStream::WriteVarint64ToArray(matched_size, out);
   *out++ = kMatchTag;
   out = CodedOutputStream::WriteVarint64ToArray(match_size, out);
-  shared->match.SerializeWithCachedSizesToArray(out);
+  match.SerializeWithCachedSizesToArray(out);
   shared->matched_field = grpc::Slice(slice, grpc::Slice::STEAL_REF);
   return shared;
+}
+
+matchmaking::v1::Match SharedMatch::Parse() const {
+  // The field alone is a valid MatchEvent.
+  matchmaking::v1::MatchEvent event;
+  const bool parsed =
+      event.ParseFromArray(matched_field.begin(), static_cast<int>(matched_field.size()));
+  assert(parsed);
+  (void)parsed;
+  return std::move(*event.mutable_matched()->mutable_match());
 }
 
 grpc::ByteBuffer EventBytes(const matchmaking::v1::MatchEvent& event) {

@@ -18,16 +18,19 @@ namespace matchd {
 google::protobuf::Timestamp ToProtoTime(absl::Time t);
 google::protobuf::Duration ToProtoDuration(absl::Duration d);
 
-// A formed match, shared (read-only) by its tickets on the queue's loop and by
-// the in-flight writes of every member's stream.
+// A formed match as its tickets keep it: the serialized `matched` field of
+// MatchEvent (field 12), built once and shared (read-only) by the match's
+// tickets on the queue's loop and by the in-flight writes of every member's
+// stream. The Match message itself is not kept: a retained ticket that goes
+// then frees one buffer rather than a tree of messages, long after they left
+// the cache. The rare reader (GetTicket, CancelTicket's error) parses it back.
 struct SharedMatch {
-  matchmaking::v1::Match match;
-  // The serialized `matched` field of MatchEvent (field 12), built once.
   grpc::Slice matched_field;
+  matchmaking::v1::Match Parse() const;
 };
 
-// Builds `match`'s serialized field once.
-std::shared_ptr<const SharedMatch> MakeSharedMatch(matchmaking::v1::Match match);
+// Serializes `match` once.
+std::shared_ptr<const SharedMatch> MakeSharedMatch(const matchmaking::v1::Match& match);
 
 // The whole event as bytes: `event` already carries ticket_id, seq and time.
 grpc::ByteBuffer EventBytes(const matchmaking::v1::MatchEvent& event);

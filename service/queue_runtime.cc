@@ -57,7 +57,7 @@ struct QueueRuntime::Ticket {
   bool poll = false;  // made by CreateTicket; otherwise by FindMatch
   State state = mm::Ticket::QUEUED;
   // The party, until it is matched: then its players move into the match,
-  // team match_team from index match_first on (see ForEachPlayer).
+  // team match_team from index match_first on (see ToProto).
   google::protobuf::RepeatedPtrField<mm::Player> players;
   int party_size = 0;
   int match_team = -1;
@@ -85,18 +85,6 @@ struct QueueRuntime::Ticket {
   EventLoop::TimerId heartbeat_timer = 0;
 
   bool active() const { return state == mm::Ticket::QUEUED || state == mm::Ticket::DETACHED; }
-
-  // Calls f(const mm::Player&) for each of the party's players, wherever
-  // they are now.
-  template <typename F>
-  void ForEachPlayer(F f) const {
-    if (match_team < 0) {
-      for (const mm::Player& p : players) f(p);
-      return;
-    }
-    const auto& in_team = match->match.teams(match_team).players();
-    for (int i = match_first; i < match_first + party_size; ++i) f(in_team.Get(i));
-  }
 };
 
 QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, EventLoop* loop)
@@ -320,7 +308,7 @@ void QueueRuntime::CancelTicket(const std::string& ticket_id, Responder<mm::Tick
   if (!t->active()) {
     std::string what = mm::Ticket::State_Name(t->state);
     if (t->state == mm::Ticket::MATCHED) {
-      absl::StrAppend(&what, " (match ", t->match->match.match_id(), "); the match stands");
+      absl::StrAppend(&what, " (match ", t->match->Parse().match_id(), "); the match stands");
     }
     responder->Fail(grpc::Status(
         grpc::StatusCode::FAILED_PRECONDITION,
@@ -528,6 +516,7 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
       // Moved, not copied: the match holds the players from here on.
       t.match_team = m.teams_size() - 1;
       t.match_first = out->players_size();
+      ReleasePlayers(t);
       moved_players_.resize(t.players.size());
       t.players.ExtractSubrange(0, t.players.size(), moved_players_.data());
       for (mm::Player* p : moved_players_) out->mutable_players()->AddAllocated(p);
@@ -555,7 +544,7 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
       }
     }
   }
-  std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(std::move(m));
+  std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(m);
   matches_formed_.fetch_add(1, std::memory_order_relaxed);
   metrics_->matches->Increment();
   metrics_->rating_spread->Observe(formed.rating_spread);
@@ -579,10 +568,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
                           const grpc::Status& stream_status, grpc::ByteBuffer* last) {
   if (t.active()) {
     if (t.state == mm::Ticket::QUEUED && !in_pool_callback_) pool_.Remove(t.key);
-    t.ForEachPlayer([&](const mm::Player& p) {
-      auto it = players_.find(p.id());
-      if (it != players_.end() && it->second == t.key) players_.erase(it);
-    });
+    ReleasePlayers(t);  // a matched ticket's went as they moved into the match
     --active_;
     runtime_->active_tickets.fetch_sub(1);
     if (t.partition != 0) ReleasePartition(t.partition_key);
@@ -623,6 +609,13 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
   t.lease_until = runtime_->clock->Now() + runtime_->limits.ticket_retention;
   PushDue(&retired_, t.key, t.lease_until);
   PublishCounts();
+}
+
+void QueueRuntime::ReleasePlayers(const Ticket& t) {
+  for (const mm::Player& p : t.players) {
+    auto it = players_.find(p.id());
+    if (it != players_.end() && it->second == t.key) players_.erase(it);
+  }
 }
 
 void QueueRuntime::EraseTicket(TicketKey key) { tickets_.erase(key); }
@@ -823,8 +816,16 @@ mm::Ticket QueueRuntime::ToProto(const Ticket& t) const {
   out.set_ticket_id(t.id);
   out.set_queue(settings_.name);
   out.set_state(t.state);
-  if (t.match != nullptr) *out.mutable_match() = t.match->match;
-  t.ForEachPlayer([&](const mm::Player& p) { *out.add_players() = p; });
+  if (t.match != nullptr) {
+    mm::Match match = t.match->Parse();
+    const auto& team = match.teams(t.match_team).players();
+    for (int i = t.match_first; i < t.match_first + t.party_size; ++i) {
+      *out.add_players() = team.Get(i);
+    }
+    *out.mutable_match() = std::move(match);
+  } else {
+    *out.mutable_players() = t.players;
+  }
   *out.mutable_created() = ToProtoTime(t.created);
   out.set_last_seq(t.seq);
   out.set_detail(t.detail);

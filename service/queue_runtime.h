@@ -111,6 +111,8 @@ class QueueRuntime final : private matcher::PoolListener {
   // ticket reference is held (not inside Finish or a pool callback).
   void TrimRetired();
   void EraseTicket(matcher::TicketKey key);
+  // Drops the index entries of the players still in t.players.
+  void ReleasePlayers(const Ticket& t);
   // A key due at a time; a DueFifo's times only grow (each entry waits the
   // same time), so one timer on its front serves them all.
   struct Due {

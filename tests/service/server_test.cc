@@ -143,6 +143,8 @@ TEST(EventsTest, MatchedEventBytesParseAsTheWholeEvent) {
     EXPECT_EQ(event.time().nanos(), 123'456'789);
     ASSERT_TRUE(event.has_matched());
     EXPECT_EQ(event.matched().match().SerializeAsString(), match.SerializeAsString()) << players;
+    // What GetTicket shows of a matched ticket is parsed back from those bytes.
+    EXPECT_EQ(shared->Parse().SerializeAsString(), match.SerializeAsString()) << players;
   }
 }
 
@@ -443,6 +445,7 @@ TEST(ServerTest, PollingFlowCreateGetCancel) {
   grpc::Status late = CancelTicket(ts.stub(), a.ticket_id(), &t);
   EXPECT_EQ(late.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(late.error_message(), HasSubstr("already MATCHED"));
+  EXPECT_THAT(late.error_message(), HasSubstr(ga.match().match_id()));
 
   mm::Ticket c;
   ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("carol", 3000)}, &c).ok());
