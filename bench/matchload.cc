@@ -63,6 +63,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
 #include "service/completion.h"
@@ -81,7 +82,8 @@ ABSL_FLAG(double, rate, 0,
           "Open loop: tickets started per second (pairs at half this rate with --wait); "
           "0 means closed loop.");
 ABSL_FLAG(int, max_in_flight, 200000,
-          "Open loop: most tickets open at once; starts beyond it are dropped and counted.");
+          "Open loop: most tickets open at once; starts beyond it are dropped and counted "
+          "(as are starts more than 10 ms behind schedule).");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(5), "Measured window.");
 ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "Load before the measured window.");
 ABSL_FLAG(int64_t, tickets, 0, "Most tickets to start (0: no cap); the run ends when all ended.");
@@ -264,7 +266,7 @@ struct Stats {
   int64_t matched_window = 0;  // matched tickets whose `matched` arrived in the window
   int64_t rpcs_window = 0;     // calls started in the window (poll mode: creates + polls)
   int64_t aborted = 0;         // cancelled by us at the end of the run
-  int64_t dropped = 0;         // open loop: starts skipped at --max_in_flight
+  int64_t dropped = 0;         // open loop: starts skipped (--max_in_flight, or late)
   int64_t errors = 0;
   std::map<std::string, int64_t> errors_by_code;
   std::vector<int64_t> latencies_ns;  // notify latency of tickets matched in the window
@@ -752,6 +754,18 @@ void Worker::Pace(int64_t now) {
   const double elapsed_s = (now - shared_->load_start_ns) / 1e9;
   if (config_.wait <= absl::ZeroDuration()) {
     const int64_t due = static_cast<int64_t>(per_worker * elapsed_s);
+    // Behind schedule (the machine held this thread up, or the rate is more
+    // than it can start), the loop does not catch up in one burst: starting
+    // thousands of calls in one tick starves the completions this thread also
+    // handles, calls pile up and each costs more, and the run can tip into a
+    // collapse in which nothing completes. Starts more than kMaxLag late are
+    // dropped and counted instead.
+    constexpr double kMaxLagSeconds = 0.010;
+    const int64_t max_backlog = std::max<int64_t>(1, per_worker * kMaxLagSeconds);
+    if (due - launched_ > max_backlog) {
+      stats_.dropped += due - launched_ - max_backlog;
+      launched_ = due - max_backlog;
+    }
     for (; launched_ < due; ++launched_) {
       if (static_cast<int>(load_calls_.size()) >= config_.max_in_flight) {
         ++stats_.dropped;
@@ -973,6 +987,9 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "matchload: bounded load generator for matchmaking.v1.Matchmaker. Flags: --helpfull.");
   absl::ParseCommandLine(argc, argv);
+  // As in matchd: Debian's abseil leaves absl::Mutex deadlock detection on,
+  // and its graph slows every lock as tens of thousands of calls are open.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   Shared shared;
   Config& c = shared.config;
