@@ -879,8 +879,8 @@ TEST(ServerTest, DrainWithoutSpreadOrRetentionEndsEveryWaitingCall) {
   std::vector<std::unique_ptr<EventStream>> streams;
   for (int i = 0; i < 8; ++i) {
     // 1000 Elo apart: nobody matches.
-    streams.push_back(EventStream::Find(ts.stub(), "duel",
-                                        {MakePlayer(absl::StrCat("p", i), 1000.0 * i)}));
+    streams.push_back(
+        EventStream::Find(ts.stub(), "duel", {MakePlayer(absl::StrCat("p", i), 1000.0 * i)}));
     ASSERT_TRUE(streams.back()->Expect().has_queued());
   }
   ts.server().EndWaitingCalls(absl::ZeroDuration());
