@@ -61,9 +61,14 @@ void EventLoop::CancelTimer(TimerId id) {
   if (slot >= timer_slots_.size()) return;
   TimerSlot& s = timer_slots_[slot];
   if (!s.armed || s.generation != static_cast<uint32_t>(id >> 32)) return;
-  s.armed = false;
+  FreeTimerSlot(static_cast<uint32_t>(slot));
+}
+
+void EventLoop::FreeTimerSlot(uint32_t slot) {
+  TimerSlot& s = timer_slots_[slot];
   s.task = nullptr;
-  free_timer_slots_.push_back(static_cast<uint32_t>(slot));
+  s.armed = false;
+  free_timer_slots_.push_back(slot);
 }
 
 void EventLoop::RunPosted() {
@@ -94,11 +99,8 @@ void EventLoop::RunDueTimers() {
     const TimerEntry e = timer_heap_.top();
     timer_heap_.pop();
     if (!Live(e)) continue;  // cancelled
-    TimerSlot& s = timer_slots_[e.slot];
-    Task task = std::move(s.task);
-    s.task = nullptr;
-    s.armed = false;
-    free_timer_slots_.push_back(e.slot);
+    Task task = std::move(timer_slots_[e.slot].task);
+    FreeTimerSlot(e.slot);
     std::move(task)();
   }
 }

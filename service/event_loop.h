@@ -98,7 +98,8 @@ class EventLoop final {
   // Timers. Each armed timer holds a slot; slots are reused through a free
   // list, so arming a timer allocates nothing once the loop has warmed up. A
   // TimerId is the slot's index and its generation (bumped on every reuse),
-  // so the id of a timer that ran or was cancelled never matches a later one.
+  // so the id of a timer that ran or was cancelled never matches a later one
+  // (short of 2^32 reuses of its slot while the id is kept).
   // A cancelled timer's heap entry stays until it comes up, and is skipped.
   struct TimerSlot {
     Task task;
@@ -117,6 +118,8 @@ class EventLoop final {
   static TimerId MakeTimerId(uint32_t slot, uint32_t generation) {
     return (static_cast<uint64_t>(generation) << 32) | (static_cast<uint64_t>(slot) + 1);
   }
+  // Drops a slot's task (if still there) and frees it for the next timer.
+  void FreeTimerSlot(uint32_t slot);
   bool Live(const TimerEntry& e) const {
     const TimerSlot& s = timer_slots_[e.slot];
     return s.armed && s.generation == e.generation;

@@ -568,7 +568,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
                           const grpc::Status& stream_status, grpc::ByteBuffer* last) {
   if (t.active()) {
     if (t.state == mm::Ticket::QUEUED && !in_pool_callback_) pool_.Remove(t.key);
-    ReleasePlayers(t);  // a matched ticket's went as they moved into the match
+    ReleasePlayers(t);  // (a matched ticket's players left in OnMatched)
     --active_;
     runtime_->active_tickets.fetch_sub(1);
     if (t.partition != 0) ReleasePartition(t.partition_key);
