@@ -82,7 +82,9 @@ struct QueueRuntime::Ticket {
   absl::Time lease_until = absl::InfiniteFuture();
   absl::Time lease_timer_at = absl::InfiniteFuture();
   EventLoop::TimerId lease_timer = 0;
-  EventLoop::TimerId heartbeat_timer = 0;
+  // When the next `searching` is due (InfiniteFuture: no heartbeats). An
+  // entry of heartbeats_ at another time is stale.
+  absl::Time heartbeat_at = absl::InfiniteFuture();
 
   bool active() const { return state == mm::Ticket::QUEUED || state == mm::Ticket::DETACHED; }
 };
@@ -414,7 +416,7 @@ void QueueRuntime::Detach(const StreamLink* link, DetachReason reason) {
   if (it == tickets_.end() || it->second->link.get() != link) return;  // already replaced
   Ticket& t = *it->second;
   t.link.reset();
-  loop_->CancelTimer(t.heartbeat_timer);
+  t.heartbeat_at = absl::InfiniteFuture();
   if (t.state != mm::Ticket::QUEUED) return;
   const absl::Time now = runtime_->clock->Now();
   if (t.poll) {
@@ -594,8 +596,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
   }
   t.state = state;
   t.detail = std::move(detail);
-  loop_->CancelTimer(t.heartbeat_timer);
-  t.heartbeat_timer = 0;
+  t.heartbeat_at = absl::InfiniteFuture();
   if (t.link != nullptr) {
     t.link->Close(stream_status, last);
     t.link.reset();
@@ -634,17 +635,18 @@ void QueueRuntime::Attach(Ticket& t, std::shared_ptr<StreamLink> link, bool hear
 }
 
 void QueueRuntime::ScheduleHeartbeat(Ticket& t) {
-  loop_->CancelTimer(t.heartbeat_timer);
-  const TicketKey key = t.key;
-  t.heartbeat_timer = loop_->RunAt(runtime_->clock->Now() + runtime_->limits.heartbeat_interval,
-                                   [this, key] { Heartbeat(key); });
+  // Every heartbeat waits the same interval: the FIFO's order is their due
+  // order, and a later schedule makes the ticket's older entry stale.
+  t.heartbeat_at = runtime_->clock->Now() + runtime_->limits.heartbeat_interval;
+  PushDue(&heartbeats_, t.key, t.heartbeat_at);
 }
 
 void QueueRuntime::Heartbeat(TicketKey key) {
   auto it = tickets_.find(key);
   if (it == tickets_.end()) return;
   Ticket& t = *it->second;
-  t.heartbeat_timer = 0;
+  if (t.heartbeat_at > runtime_->clock->Now()) return;  // stale entry, or none due
+  t.heartbeat_at = absl::InfiniteFuture();
   if (t.state != mm::Ticket::QUEUED || t.link == nullptr) return;
   t.link->Send(EventBytes(SearchingEvent(t)));
   ScheduleHeartbeat(t);

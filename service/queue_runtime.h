@@ -163,6 +163,9 @@ class QueueRuntime final : private matcher::PoolListener {
   // FindMatch tickets to tell `queued` (RuntimeLimits::queued_delay after
   // they arrived), oldest first; one timer serves the front, as for retired_.
   DueFifo queued_due_{&QueueRuntime::SendQueuedIfUntold};
+  // Tickets' next `searching` heartbeats, oldest first; one timer serves the
+  // front (no timer per waiting ticket in the loop's heap).
+  DueFifo heartbeats_{&QueueRuntime::Heartbeat};
   matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;
   Metrics::Queue* const metrics_;  // owned by runtime_->metrics
