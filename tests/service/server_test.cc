@@ -540,6 +540,37 @@ TEST(ServerTest, WatchTicketReattachesADroppedFindMatchAndResumesAfterSeq) {
   EXPECT_TRUE(nothing->events().empty());
 }
 
+// Re-attaching restarts the heartbeats: the one that was due under the old
+// stream is not sent as well.
+TEST(ServerTest, ReattachRestartsHeartbeatsWithoutAStaleOne) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)});
+  const std::string id = alice->Expect().ticket_id();  // queued at t = 0; heartbeat due at 5 s
+  ts.Advance(absl::Seconds(3));
+  alice->Cancel();
+  alice->Finish();
+  ASSERT_EQ(ts.WaitUntilNot(id, mm::Ticket::QUEUED).state(), mm::Ticket::DETACHED);
+  auto watch = EventStream::Watch(ts.stub(), id, 1);  // t = 3 s: next heartbeat at 8 s
+  ASSERT_EQ(ts.WaitUntilNot(id, mm::Ticket::DETACHED).state(), mm::Ticket::QUEUED);
+  ts.Advance(absl::Seconds(2));  // t = 5 s: the old stream's heartbeat time
+  ts.Advance(absl::Seconds(3));  // t = 8 s
+  mm::MatchEvent now = watch->Expect();  // sent on re-attach, at 3 s
+  ASSERT_TRUE(now.has_searching()) << now.DebugString();
+  EXPECT_EQ(now.seq(), 2u);
+  EXPECT_EQ(now.searching().waited().seconds(), 3);
+  mm::MatchEvent next = watch->Expect();  // the heartbeat at 8 s, none at 5 s
+  ASSERT_TRUE(next.has_searching()) << next.DebugString();
+  EXPECT_EQ(next.seq(), 3u);
+  EXPECT_EQ(next.searching().waited().seconds(), 8);
+  ts.Advance(absl::Seconds(5));  // t = 13 s: the one after, and nothing in between
+  mm::MatchEvent after = watch->Expect();
+  ASSERT_TRUE(after.has_searching()) << after.DebugString();
+  EXPECT_EQ(after.seq(), 4u);
+  EXPECT_EQ(after.searching().waited().seconds(), 13);
+  watch->Cancel();
+  watch->Finish();
+}
+
 TEST(ServerTest, DetachedTicketIsCancelledAfterGrace) {
   TestServer ts;
   auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice")});
