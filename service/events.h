@@ -23,7 +23,8 @@ google::protobuf::Duration ToProtoDuration(absl::Duration d);
 // tickets on the queue's loop and by the in-flight writes of every member's
 // stream. The Match message itself is not kept: a retained ticket that goes
 // then frees one buffer rather than a tree of messages, long after they left
-// the cache. The rare reader (GetTicket, CancelTicket's error) parses it back.
+// the cache. The readers of a matched ticket's whole state (the Ticket
+// replies of CreateTicket and GetTicket, CancelTicket's error) parse it back.
 struct SharedMatch {
   grpc::Slice matched_field;
   matchmaking::v1::Match Parse() const;

@@ -552,8 +552,8 @@ TEST(ServerTest, ReattachRestartsHeartbeatsWithoutAStaleOne) {
   ASSERT_EQ(ts.WaitUntilNot(id, mm::Ticket::QUEUED).state(), mm::Ticket::DETACHED);
   auto watch = EventStream::Watch(ts.stub(), id, 1);  // t = 3 s: next heartbeat at 8 s
   ASSERT_EQ(ts.WaitUntilNot(id, mm::Ticket::DETACHED).state(), mm::Ticket::QUEUED);
-  ts.Advance(absl::Seconds(2));  // t = 5 s: the old stream's heartbeat time
-  ts.Advance(absl::Seconds(3));  // t = 8 s
+  ts.Advance(absl::Seconds(2));          // t = 5 s: the old stream's heartbeat time
+  ts.Advance(absl::Seconds(3));          // t = 8 s
   mm::MatchEvent now = watch->Expect();  // sent on re-attach, at 3 s
   ASSERT_TRUE(now.has_searching()) << now.DebugString();
   EXPECT_EQ(now.seq(), 2u);
