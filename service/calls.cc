@@ -352,12 +352,17 @@ void StreamLink::Send(grpc::ByteBuffer event) {
 }
 
 void StreamLink::Close(grpc::Status status, grpc::ByteBuffer* last) {
-  std::optional<MovableByteBuffer> final_event;
-  if (last != nullptr) final_event.emplace(last);
-  call_loop_->Post([self = shared_from_this(), status = std::move(status),
-                    final_event = std::move(final_event)]() mutable {
+  // The status and the last event wait in the link, so the task captures one
+  // pointer and fits the task's inline storage: no allocation per close.
+  if (close_posted_) return;  // the call takes the first close only
+  close_posted_ = true;
+  close_status_ = std::move(status);
+  has_close_last_ = last != nullptr;
+  if (has_close_last_) close_last_.Swap(last);
+  call_loop_->Post([self = shared_from_this()] {
     if (self->call_ == nullptr) return;
-    self->call_->Close(std::move(status), final_event ? &final_event->buffer : nullptr);
+    self->call_->Close(std::move(self->close_status_),
+                       self->has_close_last_ ? &self->close_last_ : nullptr);
   });
 }
 
@@ -512,43 +517,48 @@ void StreamCall::Start() {
 
 void StreamCall::Send(grpc::ByteBuffer* event) {
   if (state_ != State::kOpen || close_requested_ || done_) return;
-  outbox_.emplace_back().Swap(event);
-  Pump();
+  Pump(event);
 }
 
 void StreamCall::Close(grpc::Status status, grpc::ByteBuffer* last) {
   if (state_ != State::kOpen || close_requested_) return;
-  if (last != nullptr) outbox_.emplace_back().Swap(last);
   runtime_->metrics->RecordRpc(rpc(), status.error_code());
   close_requested_ = true;
   close_status_ = std::move(status);
-  Pump();
+  Pump(last);
 }
 
-void StreamCall::Pump() {
-  if (write_in_flight_ || finish_in_flight_ || state_ != State::kOpen) return;
+void StreamCall::Pump(grpc::ByteBuffer* next) {
+  if (write_in_flight_ || finish_in_flight_ || state_ != State::kOpen) {
+    if (next != nullptr) outbox_.emplace_back().Swap(next);
+    return;
+  }
   if (done_) {  // the caller is gone: nothing more can be delivered
     outbox_.clear();
     return;
   }
   if (!outbox_.empty()) {
+    if (next != nullptr) outbox_.emplace_back().Swap(next);
     in_flight_.Swap(&outbox_.front());
     outbox_.erase(outbox_.begin());
-    if (close_requested_ && outbox_.empty()) {
-      // The last event and the status in one batch.
+  } else if (next != nullptr) {
+    in_flight_.Swap(next);  // nothing held: straight to the writer
+  } else {
+    if (close_requested_) {
       state_ = State::kClosing;
       finish_in_flight_ = true;
-      writer_.WriteAndFinish(in_flight_, grpc::WriteOptions(), close_status_, finished_tag_.Arm());
-    } else {
-      write_in_flight_ = true;
-      writer_.Write(in_flight_, written_tag_.Arm());
+      writer_.Finish(close_status_, finished_tag_.Arm());
     }
     return;
   }
-  if (close_requested_) {
+  if (close_requested_ && outbox_.empty()) {
+    // The last event and the status in one batch.
     state_ = State::kClosing;
     finish_in_flight_ = true;
-    writer_.Finish(close_status_, finished_tag_.Arm());
+    writer_.WriteAndFinish(in_flight_, grpc::WriteOptions(), close_status_, finished_tag_.Arm());
+  } else {
+    write_in_flight_ = true;
+    writer_.Write(in_flight_, written_tag_.Arm());
   }
 }
 

@@ -57,7 +57,9 @@ class StreamCall final {
   void OnDone(bool ok);
   void Start();            // validate and hand the ticket to its queue's loop
   void Reject(const grpc::Status& status);
-  void Pump();             // issue the next write or the Finish
+  // Issues the next write or the Finish. `next`, if given, is the newest
+  // event (taken); it is queued behind any held ones, or written at once.
+  void Pump(grpc::ByteBuffer* next = nullptr);
   void MaybeDelete();
   Rpc rpc() const { return kind_ == Kind::kFindMatch ? Rpc::kFindMatch : Rpc::kWatchTicket; }
 
@@ -72,7 +74,8 @@ class StreamCall final {
   std::shared_ptr<StreamLink> link_;
   int queue_index_ = -1;
   // Events not yet written, oldest first. A vector, not a deque: a deque
-  // allocates a block up front, and most calls only ever hold one or two.
+  // allocates a block up front, and most calls never queue an event at all
+  // (an event that finds the stream idle is written at once).
   std::vector<grpc::ByteBuffer> outbox_;
   grpc::ByteBuffer in_flight_;  // alive until its write completes
   bool write_in_flight_ = false;

@@ -123,6 +123,12 @@ class StreamLink final : public std::enable_shared_from_this<StreamLink> {
  private:
   EventLoop* const call_loop_;
   StreamCall* call_;  // not owned; touched only on call_loop_, null once deleted
+  // Close's arguments: written by the closing side before it posts the close,
+  // read on call_loop_ by the posted task.
+  bool close_posted_ = false;
+  bool has_close_last_ = false;
+  grpc::Status close_status_;
+  grpc::ByteBuffer close_last_;
   std::atomic<bool> gone_{false};
   uint64_t ticket_key_ = 0;  // touched only on the ticket's queue loop
 };
