@@ -1,6 +1,8 @@
 #include "service/event_loop.h"
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <utility>
 
 namespace matchd {
@@ -51,8 +53,14 @@ EventLoop::TimerId EventLoop::RunAt(absl::Time when, Task task) {
   ++s.generation;
   s.armed = true;
   s.task = std::move(task);
-  timer_heap_.push(TimerEntry{when, timer_order_++, slot, s.generation});
+  timer_heap_.push_back(TimerEntry{when, timer_order_++, slot, s.generation});
+  std::push_heap(timer_heap_.begin(), timer_heap_.end(), std::greater<TimerEntry>());
   return MakeTimerId(slot, s.generation);
+}
+
+void EventLoop::PopTimer() {
+  std::pop_heap(timer_heap_.begin(), timer_heap_.end(), std::greater<TimerEntry>());
+  timer_heap_.pop_back();
 }
 
 void EventLoop::CancelTimer(TimerId id) {
@@ -62,6 +70,15 @@ void EventLoop::CancelTimer(TimerId id) {
   TimerSlot& s = timer_slots_[slot];
   if (!s.armed || s.generation != static_cast<uint32_t>(id >> 32)) return;
   FreeTimerSlot(static_cast<uint32_t>(slot));
+  ++cancelled_in_heap_;
+  constexpr size_t kMinRebuild = 64;
+  if (cancelled_in_heap_ >= kMinRebuild && 2 * cancelled_in_heap_ > timer_heap_.size()) {
+    timer_heap_.erase(std::remove_if(timer_heap_.begin(), timer_heap_.end(),
+                                     [this](const TimerEntry& e) { return !Live(e); }),
+                      timer_heap_.end());
+    std::make_heap(timer_heap_.begin(), timer_heap_.end(), std::greater<TimerEntry>());
+    cancelled_in_heap_ = 0;
+  }
 }
 
 void EventLoop::FreeTimerSlot(uint32_t slot) {
@@ -95,10 +112,13 @@ void EventLoop::RunPosted() {
 
 void EventLoop::RunDueTimers() {
   const absl::Time now = clock_->Now();
-  while (!timer_heap_.empty() && timer_heap_.top().when <= now) {
-    const TimerEntry e = timer_heap_.top();
-    timer_heap_.pop();
-    if (!Live(e)) continue;  // cancelled
+  while (!timer_heap_.empty() && timer_heap_.front().when <= now) {
+    const TimerEntry e = timer_heap_.front();
+    PopTimer();
+    if (!Live(e)) {  // cancelled
+      --cancelled_in_heap_;
+      continue;
+    }
     Task task = std::move(timer_slots_[e.slot].task);
     FreeTimerSlot(e.slot);
     std::move(task)();
@@ -106,8 +126,11 @@ void EventLoop::RunDueTimers() {
 }
 
 absl::Time EventLoop::NextTimer() {
-  while (!timer_heap_.empty() && !Live(timer_heap_.top())) timer_heap_.pop();
-  return timer_heap_.empty() ? absl::InfiniteFuture() : timer_heap_.top().when;
+  while (!timer_heap_.empty() && !Live(timer_heap_.front())) {
+    PopTimer();
+    --cancelled_in_heap_;
+  }
+  return timer_heap_.empty() ? absl::InfiniteFuture() : timer_heap_.front().when;
 }
 
 void EventLoop::Run() {

@@ -9,7 +9,6 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <queue>
 #include <thread>
 #include <vector>
 
@@ -124,7 +123,13 @@ class EventLoop final {
     const TimerSlot& s = timer_slots_[e.slot];
     return s.armed && s.generation == e.generation;
   }
-  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<TimerEntry>> timer_heap_;
+  // A min-heap (std::push_heap with std::greater). Cancelled entries stay
+  // until they come up, or until they outnumber the live ones: then the heap
+  // is rebuilt without them (CancelTimer), so a loop that re-arms one timer
+  // often keeps a heap the size of its armed timers, not of its history.
+  std::vector<TimerEntry> timer_heap_;
+  size_t cancelled_in_heap_ = 0;
+  void PopTimer();
   std::vector<TimerSlot> timer_slots_;
   std::vector<uint32_t> free_timer_slots_;
   uint64_t timer_order_ = 0;

@@ -1,7 +1,9 @@
 // EventLoop on a real completion queue and a manual clock: timer order,
-// cancellation (also of ids whose slot has been reused) and Dispatch.
+// cancellation (also of ids whose slot has been reused, and of most of many
+// timers) and Dispatch.
 #include "service/event_loop.h"
 
+#include <algorithm>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -94,6 +96,28 @@ TEST_F(EventLoopTest, AnOldIdNeverCancelsTheTimerThatReusedItsSlot) {
   });
   clock_.Advance(absl::Seconds(1));
   OnLoop([&] { EXPECT_THAT(ran_, ElementsAre(2, 3, 4)); });
+}
+
+TEST_F(EventLoopTest, ManyCancellationsLeaveTheRestInOrder) {
+  // Cancelling most of a few hundred timers rebuilds the heap without them
+  // (more than once on the way); the survivors still run, in time order.
+  // Timer i runs at 1 + (97i mod 300) ms: every time once, armed out of
+  // order. Every fifth one is kept.
+  OnLoop([&] {
+    for (int i = 0; i < 300; ++i) {
+      const int at_ms = 1 + (97 * i) % 300;
+      const EventLoop::TimerId id =
+          loop_->RunAt(Now() + absl::Milliseconds(at_ms), [this, at_ms] { ran_.push_back(at_ms); });
+      if (i % 5 != 0) loop_->CancelTimer(id);
+    }
+  });
+  clock_.Advance(absl::Seconds(1));
+  OnLoop([&] {
+    std::vector<int> expected;
+    for (int i = 0; i < 300; i += 5) expected.push_back(1 + (97 * i) % 300);
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(ran_, expected);
+  });
 }
 
 TEST_F(EventLoopTest, DispatchRunsInlineOnTheLoopAndPostsFromElsewhere) {
