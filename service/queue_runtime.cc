@@ -1,6 +1,7 @@
 #include "service/queue_runtime.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -22,6 +23,9 @@ namespace {
 // under load one timer then serves every entry of a millisecond, instead of
 // one timer per entry.
 constexpr absl::Duration kFifoBatch = absl::Milliseconds(1);
+// How many of the oldest retained tickets TrimRetired loads ahead: a 1v1
+// match ends two tickets.
+constexpr size_t kPrefetchRetired = 2;
 
 // Appends the low `digits` hex digits of `value` (lower case, zero-padded):
 // ticket and match ids, one per ticket, without a format string.
@@ -97,10 +101,6 @@ QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, 
       pool_(settings_.rules, this),
       rng_(std::random_device{}()),
       metrics_(&runtime->metrics->queue(index)) {
-  // Growing the map by rehashing in steps would stall the loop for
-  // milliseconds each time a few hundred thousand tickets are held.
-  tickets_.reserve(
-      static_cast<size_t>(std::min<int64_t>(runtime->limits.max_retained_tickets + 1024, 1 << 18)));
 }
 
 QueueRuntime::~QueueRuntime() = default;
@@ -116,9 +116,43 @@ QueueRuntime::Ticket* QueueRuntime::Find(const std::string& ticket_id) {
   if (ticket_id.size() != 32 || !absl::SimpleHexAtoi(ticket_id.substr(4, 16), &key)) {
     return nullptr;
   }
-  auto it = tickets_.find(key);
-  if (it == tickets_.end() || it->second->id != ticket_id) return nullptr;
-  return it->second.get();
+  Ticket* t = Lookup(key);
+  if (t == nullptr || t->id != ticket_id) return nullptr;
+  return t;
+}
+
+inline QueueRuntime::Ticket& QueueRuntime::Slot(uint64_t slot) const {
+  return chunks_[slot >> kChunkBits][slot & (kChunkSlots - 1)];
+}
+
+QueueRuntime::Ticket* QueueRuntime::Lookup(TicketKey key) const {
+  const uint64_t slot = key & kSlotMask;
+  if (slot >= slot_count_) return nullptr;
+  Ticket* t = &Slot(slot);
+  return key != 0 && t->key == key ? t : nullptr;  // 0: a free slot's key
+}
+
+QueueRuntime::Ticket& QueueRuntime::At(TicketKey key) const {
+  Ticket* t = Lookup(key);
+  assert(t != nullptr);
+  return *t;
+}
+
+QueueRuntime::Ticket* QueueRuntime::NewTicket() {
+  uint64_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    if (slot_count_ > kSlotMask) return nullptr;
+    slot = slot_count_++;
+    if ((slot >> kChunkBits) == chunks_.size()) {
+      chunks_.push_back(std::make_unique<Ticket[]>(kChunkSlots));
+    }
+  }
+  Ticket* t = &Slot(slot);
+  t->key = (next_sequence_++ << kSlotBits) | slot;
+  return t;
 }
 
 grpc::Status QueueRuntime::TicketNotFound(const std::string& ticket_id) const {
@@ -143,7 +177,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   for (const mm::Player& p : players) {
     auto it = players_.find(p.id());
     if (it == players_.end()) continue;
-    const Ticket& holder = *tickets_.at(it->second);
+    const Ticket& holder = At(it->second);
     if (holder.state == mm::Ticket::DETACHED) {
       return absl::AlreadyExistsError(absl::StrCat(
           "player \"", p.id(), "\" has a detached ticket ", holder.id, " in queue \"",
@@ -175,10 +209,15 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
     return absl::ResourceExhaustedError(absl::StrCat("server is at its capacity of ", limit,
                                                      " waiting tickets; retry later or elsewhere"));
   }
+  Ticket* fresh = NewTicket();
+  if (fresh == nullptr) {
+    runtime_->active_tickets.fetch_sub(1);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue \"", settings_.name, "\" holds its maximum of ", kSlotMask + 1,
+                     " tickets, waiting and retained; retry later"));
+  }
+  Ticket& t = *fresh;
   const absl::Time now = runtime_->clock->Now();
-  auto owned = std::make_unique<Ticket>();
-  Ticket& t = *owned;
-  t.key = next_key_++;
   t.id.reserve(32);
   AppendHex(index_, 4, &t.id);
   AppendHex(t.key, 16, &t.id);
@@ -199,6 +238,8 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   if (absl::Status added = pool_.Add(Spec(t)); !added.ok()) {
     runtime_->active_tickets.fetch_sub(1);
     if (t.partition != 0) ReleasePartition(t.partition_key);
+    taken->Swap(&t.players);
+    EraseTicket(t.key);
     return added;
   }
   for (const mm::Player& p : t.players) players_[p.id()] = t.key;
@@ -211,7 +252,6 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
          {"players", t.players.size()},
          {"poll", poll}});
   }
-  tickets_.emplace(t.key, std::move(owned));
   metrics_->created->Increment();
   PublishCounts();
   return &t;
@@ -244,9 +284,9 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
 }
 
 void QueueRuntime::SendQueuedIfUntold(TicketKey key) {
-  auto it = tickets_.find(key);
-  if (it == tickets_.end()) return;
-  Ticket& t = *it->second;
+  Ticket* found = Lookup(key);
+  if (found == nullptr) return;
+  Ticket& t = *found;
   if (t.state != mm::Ticket::QUEUED || t.link == nullptr || t.seq != 0) return;
   t.seq = 1;
   t.link->Send(EventBytes(QueuedEvent(t, 1)));
@@ -412,9 +452,9 @@ void QueueRuntime::Requeue(Ticket& t) {
 }
 
 void QueueRuntime::Detach(const StreamLink* link, DetachReason reason) {
-  auto it = tickets_.find(link->ticket_key());
-  if (it == tickets_.end() || it->second->link.get() != link) return;  // already replaced
-  Ticket& t = *it->second;
+  Ticket* found = Lookup(link->ticket_key());
+  if (found == nullptr || found->link.get() != link) return;  // already replaced
+  Ticket& t = *found;
   t.link.reset();
   t.heartbeat_at = absl::InfiniteFuture();
   if (t.state != mm::Ticket::QUEUED) return;
@@ -448,10 +488,11 @@ void QueueRuntime::OnStreamEnded(const StreamLink* link, DetachReason reason) {
 void QueueRuntime::EndWaiting(absl::Time start, absl::Duration spread) {
   draining_ = true;
   std::uniform_real_distribution<double> jitter(0.0, 1.0);
-  // The keys first: ending a ticket may erase others from tickets_.
+  // The keys first: ending a ticket may drop others from the table.
   std::vector<TicketKey> active;
-  for (const auto& [key, ticket] : tickets_) {
-    if (ticket->active()) active.push_back(key);
+  for (uint64_t slot = 0; slot < slot_count_; ++slot) {
+    const Ticket& ticket = Slot(slot);
+    if (ticket.key != 0 && ticket.active()) active.push_back(ticket.key);
   }
   for (const TicketKey key : active) {
     if (spread <= absl::ZeroDuration()) {
@@ -465,22 +506,22 @@ void QueueRuntime::EndWaiting(absl::Time start, absl::Duration spread) {
 }
 
 void QueueRuntime::EndDrained(TicketKey key) {
-  auto it = tickets_.find(key);
-  if (it == tickets_.end() || !it->second->active()) return;
+  Ticket* t = Lookup(key);
+  if (t == nullptr || !t->active()) return;
   Finish(
-      *it->second, mm::Ticket::CANCELLED, "the server drained",
+      *t, mm::Ticket::CANCELLED, "the server drained",
       grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is draining; retry on another replica"));
   TrimRetired();
 }
 
 bool QueueRuntime::StillWaiting(TicketKey key) {
-  const Ticket& t = *tickets_.at(key);
+  const Ticket& t = At(key);
   if (t.poll) return true;  // polling tickets leave only on this loop
   return t.link != nullptr && !t.link->gone();
 }
 
 void QueueRuntime::OnWithdrawn(TicketKey key) {
-  Ticket& t = *tickets_.at(key);
+  Ticket& t = At(key);
   // The stream is gone but its Detach has not arrived yet; act on it now.
   if (t.link == nullptr) {
     Finish(t, mm::Ticket::CANCELLED, "the FindMatch call was closed", grpc::Status::OK);
@@ -490,7 +531,7 @@ void QueueRuntime::OnWithdrawn(TicketKey key) {
 }
 
 void QueueRuntime::OnExpired(TicketKey key) {
-  Ticket& t = *tickets_.at(key);
+  Ticket& t = At(key);
   std::string why =
       t.expires_by_caller
           ? std::string("the caller's deadline passed before a match was found")
@@ -501,7 +542,8 @@ void QueueRuntime::OnExpired(TicketKey key) {
 }
 
 void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
-  mm::Match m;
+  mm::Match& m = match_scratch_;
+  m.Clear();
   std::string* match_id = m.mutable_match_id();
   match_id->reserve(26);
   match_id->append("m-");
@@ -513,7 +555,7 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
     mm::Team* out = m.add_teams();
     double sum = 0;
     for (TicketKey key : team) {
-      Ticket& t = *tickets_.at(key);
+      Ticket& t = At(key);
       for (const mm::Player& p : t.players) sum += p.rating();
       // Moved, not copied: the match holds the players from here on.
       t.match_team = m.teams_size() - 1;
@@ -547,13 +589,18 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
     }
   }
   std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(m);
+  // The players end with the match's bytes; a cleared Player would only be
+  // reused by Add(), never by AddAllocated().
+  for (mm::Team& team : *m.mutable_teams()) {
+    team.mutable_players()->DeleteSubrange(0, team.players_size());
+  }
   matches_formed_.fetch_add(1, std::memory_order_relaxed);
   metrics_->matches->Increment();
   metrics_->rating_spread->Observe(formed.rating_spread);
   metrics_->team_gap->Observe(formed.team_gap);
   for (const std::vector<TicketKey>& team : formed.teams) {
     for (TicketKey key : team) {
-      Ticket& t = *tickets_.at(key);
+      Ticket& t = At(key);
       t.match = shared;
       t.matched_seq = ++t.seq;
       if (t.link != nullptr) {
@@ -619,12 +666,31 @@ void QueueRuntime::ReleasePlayers(const Ticket& t) {
   }
 }
 
-void QueueRuntime::EraseTicket(TicketKey key) { tickets_.erase(key); }
+void QueueRuntime::EraseTicket(TicketKey key) {
+  Ticket* t = Lookup(key);
+  if (t == nullptr) return;
+  // Moving a fresh ticket in releases the match, the players and the stream,
+  // while the strings keep their storage for the slot's next ticket.
+  *t = Ticket();
+  free_slots_.push_back(static_cast<uint32_t>(key & kSlotMask));
+}
 
 void QueueRuntime::TrimRetired() {
-  while (static_cast<int64_t>(retired_.entries.size()) > runtime_->limits.max_retained_tickets) {
-    tickets_.erase(retired_.entries.front().key);
+  const size_t cap = static_cast<size_t>(runtime_->limits.max_retained_tickets);
+  while (retired_.entries.size() > cap) {
+    EraseTicket(retired_.entries.front().key);
     retired_.entries.pop_front();
+  }
+  // At the cap, the next tickets to end push out the oldest retained ones,
+  // which have long left the cache: start loading them now, so that erasing
+  // them later does not wait for memory.
+  if (retired_.entries.size() == cap) {
+    for (size_t i = 0; i < std::min<size_t>(kPrefetchRetired, cap); ++i) {
+      const Ticket& t = Slot(retired_.entries[i].key & kSlotMask);
+      for (size_t line = 0; line < sizeof(Ticket) + 63; line += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(&t) + line);
+      }
+    }
   }
 }
 
@@ -642,9 +708,9 @@ void QueueRuntime::ScheduleHeartbeat(Ticket& t) {
 }
 
 void QueueRuntime::Heartbeat(TicketKey key) {
-  auto it = tickets_.find(key);
-  if (it == tickets_.end()) return;
-  Ticket& t = *it->second;
+  Ticket* found = Lookup(key);
+  if (found == nullptr) return;
+  Ticket& t = *found;
   if (t.heartbeat_at > runtime_->clock->Now()) return;  // stale entry, or none due
   t.heartbeat_at = absl::InfiniteFuture();
   if (t.state != mm::Ticket::QUEUED || t.link == nullptr) return;
@@ -664,9 +730,9 @@ void QueueRuntime::ScheduleLease(Ticket& t, absl::Time when) {
 }
 
 void QueueRuntime::LeaseExpired(TicketKey key) {
-  auto it = tickets_.find(key);
-  if (it == tickets_.end()) return;
-  Ticket& t = *it->second;
+  Ticket* found = Lookup(key);
+  if (found == nullptr) return;
+  Ticket& t = *found;
   t.lease_timer = 0;
   t.lease_timer_at = absl::InfiniteFuture();
   const absl::Time now = runtime_->clock->Now();

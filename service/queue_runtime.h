@@ -142,11 +142,35 @@ class QueueRuntime final : private matcher::PoolListener {
   Runtime* const runtime_;  // not owned
   EventLoop* const loop_;   // not owned
   matcher::Pool pool_;
-  std::unordered_map<matcher::TicketKey, std::unique_ptr<Ticket>> tickets_;
+  // Tickets by key, in recycled slots: a key is (sequence << kSlotBits) |
+  // slot, so a lookup is an index and a check, and a ticket that ends frees
+  // its slot for the next one (its id's storage included) instead of going
+  // back to malloc. Keys still grow with arrival order. Slots come in chunks
+  // of kChunkSlots, so a slot's address needs no load (see TrimRetired's
+  // prefetch). The table keeps its peak number of slots.
+  static constexpr int kSlotBits = 24;
+  static constexpr uint64_t kSlotMask = (uint64_t{1} << kSlotBits) - 1;
+  static constexpr int kChunkBits = 10;
+  static constexpr uint64_t kChunkSlots = uint64_t{1} << kChunkBits;
+  std::vector<std::unique_ptr<Ticket[]>> chunks_;
+  uint64_t slot_count_ = 0;  // slots handed out so far: chunks_ hold at least as many
+  std::vector<uint32_t> free_slots_;
+  uint64_t next_sequence_ = 1;
+  Ticket& Slot(uint64_t slot) const;
+  // The ticket with this key, or null (ended and dropped, or never there).
+  Ticket* Lookup(matcher::TicketKey key) const;
+  // A ticket that is known to exist.
+  Ticket& At(matcher::TicketKey key) const;
+  // A fresh ticket with a new key, or null if every slot is taken.
+  Ticket* NewTicket();
   // Player id -> the QUEUED or DETACHED ticket holding it.
   std::unordered_map<std::string, matcher::TicketKey> players_;
-  // Scratch for OnMatched: a ticket's players on their way into the match.
+  // Scratch for OnMatched: a ticket's players on their way into the match,
+  // and the match itself. Once serialized, the match gives up its players
+  // and is cleared for the next one: its strings, teams and submessages keep
+  // their storage, so building a match allocates next to nothing.
   std::vector<matchmaking::v1::Player*> moved_players_;
+  matchmaking::v1::Match match_scratch_;
   // Finished tickets, oldest first, with the end of their retention (see
   // RuntimeLimits::max_retained_tickets); one timer serves the front.
   DueFifo retired_{&QueueRuntime::EraseTicket};
@@ -166,7 +190,6 @@ class QueueRuntime final : private matcher::PoolListener {
   // Tickets' next `searching` heartbeats, oldest first; one timer serves the
   // front (no timer per waiting ticket in the loop's heap).
   DueFifo heartbeats_{&QueueRuntime::Heartbeat};
-  matcher::TicketKey next_key_ = 1;
   std::mt19937_64 rng_;
   Metrics::Queue* const metrics_;  // owned by runtime_->metrics
   EventLoop::TimerId pool_timer_ = 0;

@@ -479,6 +479,21 @@ TEST(ServerTest, FinishedTicketsBeyondTheRetentionCapGoOldestFirst) {
   EXPECT_EQ(ts.stub().GetTicket(&ctx, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(ts.GetTicket(ids[1]).state(), mm::Ticket::CANCELLED);
   EXPECT_EQ(ts.GetTicket(ids[2]).state(), mm::Ticket::CANCELLED);
+  // A new ticket takes the dropped one's place in the table: the old id
+  // still finds nothing, and the new ticket inherits nothing.
+  mm::Ticket d;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("d", 1000)}, &d).ok());
+  EXPECT_NE(d.ticket_id(), ids[0]);
+  {
+    grpc::ClientContext again;
+    EXPECT_EQ(ts.stub().GetTicket(&again, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  const mm::Ticket fresh = ts.GetTicket(d.ticket_id());
+  EXPECT_EQ(fresh.state(), mm::Ticket::QUEUED);
+  ASSERT_EQ(fresh.players_size(), 1);
+  EXPECT_EQ(fresh.players(0).id(), "d");
+  EXPECT_EQ(fresh.detail(), "");
+  ASSERT_TRUE(CancelTicket(ts.stub(), d.ticket_id(), &t).ok());
   // And every finished ticket goes when the retention (60 s) ends.
   ts.Advance(absl::Seconds(61));
   for (const std::string& id : {ids[1], ids[2]}) {
@@ -701,6 +716,31 @@ TEST(ServerTest, MatchIsPlacedInTheBestRegionAndCarriesEachPlayersLatency) {
   EXPECT_EQ(q.latency_ms().at("a2"), 20u);
   EXPECT_EQ(q.latency_ms().at("b1"), 45u);
   EXPECT_EQ(q.latency_ms().at("b2"), 40u);
+  const std::string first_id = ev.matched().match().match_id();
+
+  // The queue builds each match in reused storage: the next match carries its
+  // own players, tickets and latencies and nothing of the first.
+  auto c = EventStream::Find(ts.stub(), "regional",
+                             {Regional("c1", {{"us", 12}}), Regional("c2", {{"us", 14}})});
+  mm::MatchEvent c_queued = c->Expect();
+  ASSERT_TRUE(c_queued.has_queued());
+  auto d = EventStream::Find(ts.stub(), "regional",
+                             {Regional("d1", {{"us", 16}}), Regional("d2", {{"us", 18}})});
+  ev = d->Expect();
+  if (ev.has_queued()) ev = d->Expect();
+  ASSERT_TRUE(ev.has_matched()) << ev.DebugString();
+  const mm::Match& second = ev.matched().match();
+  std::vector<std::string> players;
+  for (const mm::Team& team : second.teams()) {
+    for (const mm::Player& p : team.players()) players.push_back(p.id());
+  }
+  EXPECT_THAT(players, UnorderedElementsAre("c1", "c2", "d1", "d2"));
+  EXPECT_THAT(second.ticket_ids(), UnorderedElementsAre(c_queued.ticket_id(), ev.ticket_id()));
+  EXPECT_EQ(second.quality().region(), "us");
+  EXPECT_EQ(second.quality().latency_ms().size(), 4u);
+  EXPECT_EQ(second.quality().latency_ms().at("d2"), 18u);
+  EXPECT_EQ(second.quality().win_probability_size(), 2);
+  EXPECT_NE(second.match_id(), first_id);
 }
 
 TEST(ServerTest, MatchAttributesMustBeEqual) {
