@@ -48,7 +48,7 @@ void BM_SharedBody(benchmark::State& state) {
   for (auto _ : state) {
     auto shared = matchd::MakeSharedMatch(match);
     for (int i = 0; i < members; ++i) {
-      grpc::ByteBuffer event = matchd::MatchedEventBytes(match.ticket_ids(i), 7, now, *shared);
+      grpc::ByteBuffer event = matchd::MatchedEventBytes(match.ticket_ids(i), 7, now, shared);
       bytes += event.Length();
       benchmark::DoNotOptimize(event);
     }

@@ -43,8 +43,8 @@ google::protobuf::Duration ToProtoDuration(absl::Duration d) {
   return out;
 }
 
-std::shared_ptr<const SharedMatch> MakeSharedMatch(const matchmaking::v1::Match& match) {
-  auto shared = std::make_shared<SharedMatch>();
+SharedMatch MakeSharedMatch(const matchmaking::v1::Match& match) {
+  SharedMatch shared;
   // MatchEvent.matched (field 12) holding Matched.match (field 1), both
   // length-delimited, written around the match's own bytes: the match is
   // serialized once and never copied.
@@ -60,7 +60,7 @@ std::shared_ptr<const SharedMatch> MakeSharedMatch(const matchmaking::v1::Match&
   *out++ = kMatchTag;
   out = CodedOutputStream::WriteVarint64ToArray(match_size, out);
   match.SerializeWithCachedSizesToArray(out);
-  shared->matched_field = grpc::Slice(slice, grpc::Slice::STEAL_REF);
+  shared.matched_field = grpc::Slice(slice, grpc::Slice::STEAL_REF);
   return shared;
 }
 

@@ -25,13 +25,16 @@ google::protobuf::Duration ToProtoDuration(absl::Duration d);
 // then frees one buffer rather than a tree of messages, long after they left
 // the cache. The readers of a matched ticket's whole state (the Ticket
 // replies of CreateTicket and GetTicket, CancelTicket's error) parse it back.
+// The slice is reference-counted: a copy shares the bytes, and the match
+// costs one allocation.
 struct SharedMatch {
-  grpc::Slice matched_field;
+  grpc::Slice matched_field;  // empty: no match
+  bool empty() const { return matched_field.size() == 0; }
   matchmaking::v1::Match Parse() const;
 };
 
 // Serializes `match` once.
-std::shared_ptr<const SharedMatch> MakeSharedMatch(const matchmaking::v1::Match& match);
+SharedMatch MakeSharedMatch(const matchmaking::v1::Match& match);
 
 // The whole event as bytes: `event` already carries ticket_id, seq and time.
 grpc::ByteBuffer EventBytes(const matchmaking::v1::MatchEvent& event);

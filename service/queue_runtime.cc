@@ -78,7 +78,7 @@ struct QueueRuntime::Ticket {
   uint64_t seq = 0;                  // of the last event produced
   uint64_t matched_seq = 0;          // of the `matched` event
   std::shared_ptr<StreamLink> link;  // the attached stream, if any
-  std::shared_ptr<const SharedMatch> match;
+  SharedMatch match;
   std::string detail;
   // One timer serves the poll TTL (QUEUED poll tickets without a stream) and
   // the re-attach grace (DETACHED). For finished tickets lease_until is the
@@ -350,7 +350,7 @@ void QueueRuntime::CancelTicket(const std::string& ticket_id, Responder<mm::Tick
   if (!t->active()) {
     std::string what = mm::Ticket::State_Name(t->state);
     if (t->state == mm::Ticket::MATCHED) {
-      absl::StrAppend(&what, " (match ", t->match->Parse().match_id(), "); the match stands");
+      absl::StrAppend(&what, " (match ", t->match.Parse().match_id(), "); the match stands");
     }
     responder->Fail(grpc::Status(
         grpc::StatusCode::FAILED_PRECONDITION,
@@ -386,7 +386,7 @@ void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
     case mm::Ticket::MATCHED:
       if (after_seq < t.matched_seq) {
         grpc::ByteBuffer last =
-            MatchedEventBytes(t.id, t.matched_seq, runtime_->clock->Now(), *t.match);
+            MatchedEventBytes(t.id, t.matched_seq, runtime_->clock->Now(), t.match);
         link->Close(grpc::Status::OK, &last);
       } else {
         link->Close(grpc::Status::OK);
@@ -588,7 +588,7 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
       }
     }
   }
-  std::shared_ptr<const SharedMatch> shared = MakeSharedMatch(m);
+  const SharedMatch shared = MakeSharedMatch(m);
   // The players end with the match's bytes; a cleared Player would only be
   // reused by Add(), never by AddAllocated().
   for (mm::Team& team : *m.mutable_teams()) {
@@ -604,7 +604,7 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
       t.match = shared;
       t.matched_seq = ++t.seq;
       if (t.link != nullptr) {
-        grpc::ByteBuffer last = MatchedEventBytes(t.id, t.seq, formed.formed_at, *shared);
+        grpc::ByteBuffer last = MatchedEventBytes(t.id, t.seq, formed.formed_at, shared);
         Finish(t, mm::Ticket::MATCHED, "", grpc::Status::OK, &last);
       } else {
         Finish(t, mm::Ticket::MATCHED, "", grpc::Status::OK);
@@ -884,8 +884,8 @@ mm::Ticket QueueRuntime::ToProto(const Ticket& t) const {
   out.set_ticket_id(t.id);
   out.set_queue(settings_.name);
   out.set_state(t.state);
-  if (t.match != nullptr) {
-    mm::Match match = t.match->Parse();
+  if (!t.match.empty()) {
+    mm::Match match = t.match.Parse();
     const auto& team = match.teams(t.match_team).players();
     for (int i = t.match_first; i < t.match_first + t.party_size; ++i) {
       *out.add_players() = team.Get(i);

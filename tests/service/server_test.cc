@@ -129,7 +129,7 @@ TEST(EventsTest, MatchedEventBytesParseAsTheWholeEvent) {
     match.mutable_quality()->set_rating_spread(12.5);
     const auto shared = MakeSharedMatch(match);
     const absl::Time at = absl::FromUnixNanos(1'700'000'000'123'456'789);
-    grpc::ByteBuffer bytes = MatchedEventBytes("0000abcdef", 3, at, *shared);
+    grpc::ByteBuffer bytes = MatchedEventBytes("0000abcdef", 3, at, shared);
     std::vector<grpc::Slice> slices;
     ASSERT_TRUE(bytes.Dump(&slices).ok());
     std::string wire;
@@ -144,7 +144,7 @@ TEST(EventsTest, MatchedEventBytesParseAsTheWholeEvent) {
     ASSERT_TRUE(event.has_matched());
     EXPECT_EQ(event.matched().match().SerializeAsString(), match.SerializeAsString()) << players;
     // What GetTicket shows of a matched ticket is parsed back from those bytes.
-    EXPECT_EQ(shared->Parse().SerializeAsString(), match.SerializeAsString()) << players;
+    EXPECT_EQ(shared.Parse().SerializeAsString(), match.SerializeAsString()) << players;
   }
 }
 
