@@ -280,6 +280,8 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
   // By key from here: a ticket that ended may already be gone (TrimRetired).
   const absl::Duration delay = runtime_->limits.queued_delay;
   if (delay == absl::ZeroDuration()) return SendQueuedIfUntold(key);
+  const Ticket* waiting = Lookup(key);
+  if (waiting == nullptr || waiting->state != mm::Ticket::QUEUED) return;  // matched on arrival
   PushDue(&queued_due_, key, now + delay);
 }
 
