@@ -411,6 +411,9 @@ struct Pool::Impl {
       : rules(r),
         listener(l),
         full_need(r.players_per_match()),
+        mark_depth(r.max_party_size == 1 && r.custom_rule == nullptr && r.region_count == 0
+                       ? full_need - 1
+                       : full_need),
         teams(r.team_count),
         team_size(r.team_size),
         need(full_need),
@@ -470,6 +473,9 @@ struct Pool::Impl {
   const QueueRules rules;
   PoolListener* const listener;
   const int full_need;  // players in a full match
+  // How many tickets on each side of a changed ticket MarkChanged marks (see
+  // there).
+  const int mark_depth;
   // The shape of the match being gathered: the full one, or a partial lobby
   // (QueueRules::min_players). Set by Evaluate; Commit uses it.
   int teams;
@@ -626,22 +632,27 @@ void Pool::Impl::MarkChanged(RatingPos first, RatingPos last, const TicketSpec* 
     }
     return;
   }
-  // A walk from an anchor on the far side of `need` tickets that it surely
-  // takes before the changed one never reaches it. Without latency rules
-  // every ticket counts; with them, per region, the tickets with no more
-  // latency there than the changed ticket's (an anchor whose limit admits
-  // the changed ticket admits them too).
+  // A walk from an anchor on the far side of mark_depth tickets that it
+  // surely takes before the changed one never reaches it. Without latency
+  // rules every ticket counts; with them, per region, the tickets with no
+  // more latency there than the changed ticket's (an anchor whose limit
+  // admits the changed ticket admits them too). Without regions, solo
+  // tickets with no custom rule always join the group they are walked to,
+  // so need - 1 of them fill any anchor's group; otherwise a party that does
+  // not fit, a ticket a custom rule keeps apart, or one the latency limit
+  // keeps out (it still sets when the anchor looks again) is passed over,
+  // and the walk counts full_need.
   std::array<int, QueueRules::kMaxRegions> passed{};
   // Marks `ticket`; true when the walk has gone far enough.
   auto visit = [&](Ticket& ticket) {
     MarkDue(ticket, next_process);
-    if (!by_region) return ++passed[0] >= full_need;
+    if (!by_region) return ++passed[0] >= mark_depth;
     bool done = true;
     for (int r = 0; r < rules.region_count; ++r) {
       const uint16_t own = changed->latency_ms[r];
       if (own == TicketSpec::kUnreachable) continue;
       if (ticket.spec.latency_ms[r] <= own) ++passed[r];
-      done = done && passed[r] >= full_need;
+      done = done && passed[r] >= mark_depth;
     }
     return done;
   };
