@@ -100,8 +100,7 @@ QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, 
       loop_(loop),
       pool_(settings_.rules, this),
       rng_(std::random_device{}()),
-      metrics_(&runtime->metrics->queue(index)) {
-}
+      metrics_(&runtime->metrics->queue(index)) {}
 
 QueueRuntime::~QueueRuntime() = default;
 
@@ -169,7 +168,8 @@ void QueueRuntime::PublishCounts() {
 }
 
 absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
-    google::protobuf::RepeatedPtrField<mm::Player>* taken, bool poll, absl::Time expires) {
+    google::protobuf::RepeatedPtrField<mm::Player>* taken, bool poll, absl::Time now,
+    absl::Time expires) {
   const google::protobuf::RepeatedPtrField<mm::Player>& players = *taken;
   if (draining_ || runtime_->draining.load()) {
     return absl::UnavailableError("server is draining; retry on another replica");
@@ -217,7 +217,6 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
                      " tickets, waiting and retained; retry later"));
   }
   Ticket& t = *fresh;
-  const absl::Time now = runtime_->clock->Now();
   t.id.reserve(32);
   AppendHex(index_, 4, &t.id);
   AppendHex(t.key, 16, &t.id);
@@ -261,8 +260,8 @@ void QueueRuntime::FindMatch(mm::FindMatchRequest request, std::shared_ptr<Strea
                              absl::Time caller_deadline) {
   const absl::Time now = runtime_->clock->Now();
   const absl::Time max_wait_end = now + settings_.rules.max_wait;
-  absl::StatusOr<Ticket*> admitted =
-      Admit(request.mutable_players(), /*poll=*/false, std::min(max_wait_end, caller_deadline));
+  absl::StatusOr<Ticket*> admitted = Admit(request.mutable_players(), /*poll=*/false, now,
+                                           std::min(max_wait_end, caller_deadline));
   if (!admitted.ok()) {
     link->Close(ToGrpcStatus(admitted.status()));
     return;
@@ -318,7 +317,7 @@ void QueueRuntime::ArmFifo(DueFifo* fifo, absl::Time not_before) {
 void QueueRuntime::CreateTicket(mm::CreateTicketRequest request, Responder<mm::Ticket>* responder) {
   const absl::Time now = runtime_->clock->Now();
   absl::StatusOr<Ticket*> admitted =
-      Admit(request.mutable_players(), /*poll=*/true, now + settings_.rules.max_wait);
+      Admit(request.mutable_players(), /*poll=*/true, now, now + settings_.rules.max_wait);
   if (!admitted.ok()) {
     responder->Fail(ToGrpcStatus(admitted.status()));
     return;
@@ -617,6 +616,7 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
 
 void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
                           const grpc::Status& stream_status, grpc::ByteBuffer* last) {
+  const absl::Time now = runtime_->clock->Now();
   if (t.active()) {
     if (t.state == mm::Ticket::QUEUED && !in_pool_callback_) pool_.Remove(t.key);
     ReleasePlayers(t);  // (a matched ticket's players left in OnMatched)
@@ -626,7 +626,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     switch (state) {
       case mm::Ticket::MATCHED:
         metrics_->matched->Increment();
-        metrics_->wait_seconds->Observe(absl::ToDoubleSeconds(runtime_->clock->Now() - t.created));
+        metrics_->wait_seconds->Observe(absl::ToDoubleSeconds(now - t.created));
         break;
       case mm::Ticket::EXPIRED:
         metrics_->expired->Increment();
@@ -656,7 +656,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
   loop_->CancelTimer(t.lease_timer);
   t.lease_timer = 0;
   t.lease_timer_at = absl::InfiniteFuture();
-  t.lease_until = runtime_->clock->Now() + runtime_->limits.ticket_retention;
+  t.lease_until = now + runtime_->limits.ticket_retention;
   PushDue(&retired_, t.key, t.lease_until);
   PublishCounts();
 }

@@ -84,10 +84,10 @@ class QueueRuntime final : private matcher::PoolListener {
 
   // Admission shared by FindMatch and CreateTicket: capacity and player
   // uniqueness. On success the ticket exists, holds the players (taken from
-  // `players`, which is left empty) and is in the pool.
+  // `players`, which is left empty) and is in the pool, created at `now`.
   absl::StatusOr<Ticket*> Admit(
       google::protobuf::RepeatedPtrField<matchmaking::v1::Player>* players, bool poll,
-      absl::Time expires);
+      absl::Time now, absl::Time expires);
   Ticket* Find(const std::string& ticket_id);
   grpc::Status TicketNotFound(const std::string& ticket_id) const;
   void RunPool();
