@@ -479,11 +479,13 @@ TEST(ServerTest, FinishedTicketsBeyondTheRetentionCapGoOldestFirst) {
   EXPECT_EQ(ts.stub().GetTicket(&ctx, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(ts.GetTicket(ids[1]).state(), mm::Ticket::CANCELLED);
   EXPECT_EQ(ts.GetTicket(ids[2]).state(), mm::Ticket::CANCELLED);
-  // A new ticket takes the dropped one's place in the table: the old id
-  // still finds nothing, and the new ticket inherits nothing.
+  // A new ticket takes the dropped one's slot in the table (a key's low 24
+  // bits, the id's characters 14..19) under another key: the old id still
+  // finds nothing, and the new ticket inherits nothing.
   mm::Ticket d;
   ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("d", 1000)}, &d).ok());
-  EXPECT_NE(d.ticket_id(), ids[0]);
+  EXPECT_EQ(d.ticket_id().substr(14, 6), ids[0].substr(14, 6));
+  EXPECT_NE(d.ticket_id().substr(4, 16), ids[0].substr(4, 16));
   {
     grpc::ClientContext again;
     EXPECT_EQ(ts.stub().GetTicket(&again, get, &t).error_code(), grpc::StatusCode::NOT_FOUND);
