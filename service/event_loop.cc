@@ -27,6 +27,7 @@ void EventLoop::Post(Task task) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stopped_) return;
   inbox_.push_back(std::move(task));
+  inbox_nonempty_.store(true, std::memory_order_release);
   if (nudge_armed_) return;
   nudge_armed_ = true;
   // Set under mu_ so that StopAndJoin cannot shut the queue down in between.
@@ -89,9 +90,13 @@ void EventLoop::FreeTimerSlot(uint32_t slot) {
 }
 
 void EventLoop::RunPosted() {
-  {
+  // The flag spares the lock on the loop's every turn when nothing was
+  // posted; a task posted after the check is seen on the next turn (its nudge
+  // wakes the loop).
+  if (inbox_nonempty_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(mu_);
     running_.swap(inbox_);
+    inbox_nonempty_.store(false, std::memory_order_relaxed);
   }
   // Timers due before a task was posted run before it, so a task always sees
   // the state its poster could expect at the time it was posted (e.g. a poll
@@ -112,6 +117,7 @@ void EventLoop::RunPosted() {
 
 void EventLoop::RunDueTimers() {
   const absl::Time now = clock_->Now();
+  last_now_ = now;
   while (!timer_heap_.empty() && timer_heap_.front().when <= now) {
     const TimerEntry e = timer_heap_.front();
     PopTimer();
@@ -147,13 +153,35 @@ void EventLoop::Run() {
       status = cq_->Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
                                     : grpc::CompletionQueue::SHUTDOWN;
     } else {
-      status = cq_->AsyncNext(&tag, &ok, absl::ToChronoTime(next));
+      status = cq_->AsyncNext(&tag, &ok, MonotonicDeadline(next));
     }
     if (status == grpc::CompletionQueue::SHUTDOWN) break;
     if (status == grpc::CompletionQueue::TIMEOUT) continue;
     MATCHD_TSAN_ACQUIRE(tag);
     static_cast<Completion*>(tag)->OnComplete(ok);
   }
+}
+
+gpr_timespec EventLoop::MonotonicDeadline(absl::Time next) {
+  // gRPC measures a deadline on its monotonic clock; given one on another
+  // clock, it reads both clocks on every wait to convert it. The offset
+  // between the two is taken here instead, against the loop's last reading
+  // of its own clock, and taken again once that reading is a second away
+  // from the one it was taken at (or the wall clock stepped back).
+  const absl::Duration since = last_now_ - offset_taken_at_;
+  if (since >= absl::Seconds(1) || since < absl::ZeroDuration()) {
+    const gpr_timespec mono = gpr_now(GPR_CLOCK_MONOTONIC);
+    offset_taken_at_ = clock_->Now();
+    mono_minus_clock_ = absl::Seconds(mono.tv_sec) + absl::Nanoseconds(mono.tv_nsec) -
+                        (offset_taken_at_ - absl::UnixEpoch());
+    last_now_ = offset_taken_at_;
+  }
+  const absl::Duration d = next - absl::UnixEpoch() + mono_minus_clock_;
+  gpr_timespec t;
+  t.clock_type = GPR_CLOCK_MONOTONIC;
+  t.tv_sec = absl::ToInt64Seconds(absl::Trunc(d, absl::Seconds(1)));
+  t.tv_nsec = static_cast<int32_t>(absl::ToInt64Nanoseconds(d - absl::Seconds(t.tv_sec)));
+  return t;
 }
 
 void EventLoop::StopAndJoin() {

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include <grpc/support/time.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/completion_queue.h>
 
@@ -73,6 +74,8 @@ class EventLoop final {
   void RunPosted();
   void RunDueTimers();
   absl::Time NextTimer();
+  // `next` (on clock_) as a deadline on gRPC's monotonic clock.
+  gpr_timespec MonotonicDeadline(absl::Time next);
 
   const int index_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
@@ -86,11 +89,15 @@ class EventLoop final {
   std::mutex mu_;
   std::vector<Task> inbox_ ABSL_GUARDED_BY(mu_);
   bool nudge_armed_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> inbox_nonempty_{false};  // inbox_ may hold tasks
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Alarm nudge_;
   MemberCompletion<EventLoop> nudge_tag_{this, &EventLoop::OnNudge};
 
   // Loop-thread state.
+  absl::Time last_now_ = absl::UnixEpoch();  // RunDueTimers' last reading
+  absl::Time offset_taken_at_ = absl::InfinitePast();
+  absl::Duration mono_minus_clock_;  // gRPC's monotonic clock minus clock_
   std::vector<Task> local_;  // posted from the loop itself
   std::vector<Task> local_batch_;  // local_'s previous contents, while they run
   std::vector<Task> running_;

@@ -1,10 +1,14 @@
 // EventLoop on a real completion queue and a manual clock: timer order,
 // cancellation (also of ids whose slot has been reused, and of most of many
-// timers) and Dispatch.
+// timers) and Dispatch; and on the real clock, that a timer alone wakes the
+// loop at its time.
 #include "service/event_loop.h"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -136,6 +140,43 @@ TEST_F(EventLoopTest, DispatchRunsInlineOnTheLoopAndPostsFromElsewhere) {
   done.WaitForNotification();
   other.join();
   OnLoop([&] { EXPECT_THAT(ran_, ElementsAre(1, 2, 3)); });
+}
+
+// With the wall clock, nothing but a timer's own deadline wakes the loop here
+// (the loop waits on gRPC's monotonic clock, converted from the wall clock).
+// Both timers must run: the second is armed from the first one's task, so it
+// is waited for with a deadline computed on the loop. A wrong conversion
+// leaves the loop asleep far past the 30 s this waits (a generous bound for
+// timers due 30 and 50 ms from now, not a measure of speed).
+TEST(EventLoopRealClockTest, TimersWakeTheLoopAtTheirTime) {
+  grpc::ServerBuilder builder;
+  auto cq = builder.AddCompletionQueue();
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  const RealClock* clock = RealClock::Get();
+  EventLoop loop(0, std::move(cq), clock);
+  loop.Start();
+
+  std::mutex mu;
+  std::condition_variable cv;
+  int ran = 0;
+  loop.Post([&] {
+    loop.RunAt(clock->Now() + absl::Milliseconds(30), [&] {
+      loop.RunAt(clock->Now() + absl::Milliseconds(20), [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        ++ran;
+        cv.notify_all();
+      });
+      std::lock_guard<std::mutex> lock(mu);
+      ++ran;
+    });
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return ran == 2; }))
+        << "timers that ran: " << ran;
+  }
+  server->Shutdown();
+  loop.StopAndJoin();
 }
 
 }  // namespace
