@@ -858,6 +858,29 @@ TEST(PoolTest, NewcomerLetsAnOlderTicketFormItsBestGroup) {
   EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(1, 3));
 }
 
+// A newcomer re-evaluates every anchor whose group could now take it: in a
+// solo queue without regions, the need - 1 tickets on each side. Here (2v2,
+// ratings A 0, B 25, C 60, X 90, F 110, window 100) no group is acceptable
+// until X comes; then A's group {A, B, C, X} is, and so is C's {B, C, X, F}.
+// A is three tickets below X and the oldest, so it is evaluated first and
+// takes its group; had the re-evaluation stopped two tickets away, C would
+// have taken {B, C, X, F} first.
+TEST(PoolTest, NewcomerReEvaluatesAnAnchorNeedMinusOneTicketsAway) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 2, 1, 100, 0), &listener);
+  ASSERT_TRUE(pool.Add(Ticket(1, 1000, kT0)).ok());                     // A
+  ASSERT_TRUE(pool.Add(Ticket(3, 1060, kT0 + absl::Seconds(1))).ok());  // C
+  ASSERT_TRUE(pool.Add(Ticket(2, 1025, kT0 + absl::Seconds(2))).ok());  // B
+  ASSERT_TRUE(pool.Add(Ticket(5, 1110, kT0 + absl::Seconds(3))).ok());  // F
+  pool.Process(kT0 + absl::Seconds(3));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  EXPECT_EQ(pool.NextWakeup(), absl::InfiniteFuture());
+  ASSERT_TRUE(pool.Add(Ticket(4, 1090, kT0 + absl::Seconds(4))).ok());  // X
+  pool.Process(kT0 + absl::Seconds(4));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ElementsAre(1, 2, 3, 4));
+}
+
 TEST(PoolTest, FiveVersusFiveKeepsPartiesTogether) {
   RecordingListener listener;
   Pool pool(Rated(2, 5, 5, 1000, 0), &listener);
