@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/types/span.h"
 #include "matcher/pool.h"
@@ -163,8 +164,10 @@ class QueueRuntime final : private matcher::PoolListener {
   Ticket& At(matcher::TicketKey key) const;
   // A fresh ticket with a new key, or null if every slot is taken.
   Ticket* NewTicket();
-  // Player id -> the QUEUED or DETACHED ticket holding it.
-  std::unordered_map<std::string, matcher::TicketKey> players_;
+  // Player id -> the QUEUED or DETACHED ticket holding it. Open addressing:
+  // an entry is not an allocation of its own, and a lookup probes one array
+  // instead of following a bucket's chain of nodes.
+  absl::flat_hash_map<std::string, matcher::TicketKey> players_;
   // Scratch for OnMatched: a ticket's players on their way into the match,
   // and the match itself. Once serialized, the match gives up its players
   // and is cleared for the next one: its strings, teams and submessages keep
