@@ -179,7 +179,7 @@ gpr_timespec EventLoop::MonotonicDeadline(absl::Time next) {
   const absl::Duration d = next - absl::UnixEpoch() + mono_minus_clock_;
   gpr_timespec t;
   t.clock_type = GPR_CLOCK_MONOTONIC;
-  t.tv_sec = absl::ToInt64Seconds(absl::Trunc(d, absl::Seconds(1)));
+  t.tv_sec = absl::ToInt64Seconds(d);  // truncates
   t.tv_nsec = static_cast<int32_t>(absl::ToInt64Nanoseconds(d - absl::Seconds(t.tv_sec)));
   return t;
 }

@@ -1,7 +1,7 @@
 // EventLoop on a real completion queue and a manual clock: timer order,
 // cancellation (also of ids whose slot has been reused, and of most of many
-// timers) and Dispatch; and on the real clock, that a timer alone wakes the
-// loop at its time.
+// timers) and Dispatch; and on the real clock, that timers alone wake the
+// loop.
 #include "service/event_loop.h"
 
 #include <algorithm>
@@ -148,7 +148,7 @@ TEST_F(EventLoopTest, DispatchRunsInlineOnTheLoopAndPostsFromElsewhere) {
 // is waited for with a deadline computed on the loop. A wrong conversion
 // leaves the loop asleep far past the 30 s this waits (a generous bound for
 // timers due 30 and 50 ms from now, not a measure of speed).
-TEST(EventLoopRealClockTest, TimersWakeTheLoopAtTheirTime) {
+TEST(EventLoopRealClockTest, TimersAloneWakeTheLoop) {
   grpc::ServerBuilder builder;
   auto cq = builder.AddCompletionQueue();
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
