@@ -89,7 +89,7 @@ class UnaryCall final : public Responder<Response> {
       loop_->Post([this, response] { Reply(response); });
       return;
     }
-    runtime_->metrics->RecordRpc(rpc_, grpc::StatusCode::OK);
+    runtime_->metrics->RecordRpc(loop_->index(), rpc_, grpc::StatusCode::OK);
     responder_.Finish(response, grpc::Status::OK, finished_tag_.Arm());
   }
   void Fail(const grpc::Status& status) override {
@@ -97,7 +97,7 @@ class UnaryCall final : public Responder<Response> {
       loop_->Post([this, status] { Fail(status); });
       return;
     }
-    runtime_->metrics->RecordRpc(rpc_, status.error_code());
+    runtime_->metrics->RecordRpc(loop_->index(), rpc_, status.error_code());
     responder_.FinishWithError(status, finished_tag_.Arm());
   }
 
@@ -297,7 +297,7 @@ class HealthWatchCall final {
     }
     if (closing_) {
       in_flight_ = true;
-      runtime_->metrics->RecordRpc(Rpc::kHealthWatch, grpc::StatusCode::OK);
+      runtime_->metrics->RecordRpc(loop_->index(), Rpc::kHealthWatch, grpc::StatusCode::OK);
       writer_.Finish(grpc::Status::OK, finished_tag_.Arm());
       finished_ = true;
     }
@@ -313,7 +313,7 @@ class HealthWatchCall final {
   }
   void OnDone(bool /*ok*/) {
     done_ = true;
-    if (!finished_) runtime_->metrics->RecordRpc(Rpc::kHealthWatch, grpc::StatusCode::CANCELLED);
+    if (!finished_) runtime_->metrics->RecordRpc(loop_->index(), Rpc::kHealthWatch, grpc::StatusCode::CANCELLED);
     MaybeDelete();
   }
   void MaybeDelete() {
@@ -522,7 +522,7 @@ void StreamCall::Send(grpc::ByteBuffer* event) {
 
 void StreamCall::Close(grpc::Status status, grpc::ByteBuffer* last) {
   if (state_ != State::kOpen || close_requested_) return;
-  runtime_->metrics->RecordRpc(rpc(), status.error_code());
+  runtime_->metrics->RecordRpc(loop_->index(), rpc(), status.error_code());
   close_requested_ = true;
   close_status_ = std::move(status);
   Pump(last);
@@ -595,7 +595,7 @@ void StreamCall::OnDone(bool /*ok*/) {
         ctx_.deadline() <= std::chrono::system_clock::now() + kDeadlineSlack;
     const DetachReason reason =
         deadline_passed ? DetachReason::kCallerDeadline : DetachReason::kCallEnded;
-    runtime_->metrics->RecordRpc(rpc(), deadline_passed ? grpc::StatusCode::DEADLINE_EXCEEDED
+    runtime_->metrics->RecordRpc(loop_->index(), rpc(), deadline_passed ? grpc::StatusCode::DEADLINE_EXCEEDED
                                                         : grpc::StatusCode::CANCELLED);
     QueueRuntime* queue = runtime_->queues[queue_index_].get();
     queue->loop()->Post(

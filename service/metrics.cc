@@ -1,6 +1,10 @@
 #include "service/metrics.h"
 
-#include <prometheus/family.h>
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include <prometheus/metric_type.h>
 
 namespace matchd {
 namespace {
@@ -8,91 +12,152 @@ namespace {
 constexpr const char* kRpcNames[kRpcCount] = {
     "FindMatch",  "CreateTicket", "GetTicket",  "CancelTicket",
     "WatchTicket", "ListQueues",  "HealthCheck", "HealthWatch"};
-constexpr const char* kCodeNames[] = {
+constexpr const char* kCodeNames[kStatusCodeCount] = {
     "OK",        "CANCELLED",          "UNKNOWN",      "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
     "NOT_FOUND", "ALREADY_EXISTS",     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
     "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",    "INTERNAL",
     "UNAVAILABLE", "DATA_LOSS",        "UNAUTHENTICATED"};
-constexpr int kCodeCount = sizeof(kCodeNames) / sizeof(kCodeNames[0]);
+
+std::vector<double> WaitBuckets() {
+  return {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600};
+}
+std::vector<double> RatingBuckets() {
+  return {1, 5, 10, 25, 50, 100, 200, 300, 500, 800, 1200, 2000};
+}
+std::vector<double> LagBuckets() { return {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1}; }
+
+prometheus::MetricFamily Family(const char* name, const char* help, prometheus::MetricType type) {
+  prometheus::MetricFamily family;
+  family.name = name;
+  family.help = help;
+  family.type = type;
+  return family;
+}
+
+prometheus::ClientMetric Labelled(std::vector<prometheus::ClientMetric::Label> labels) {
+  prometheus::ClientMetric metric;
+  metric.label = std::move(labels);
+  return metric;
+}
 
 }  // namespace
 
-Metrics::Metrics(const std::vector<std::string>& queue_names, int loops)
-    : registry_(std::make_shared<prometheus::Registry>()) {
-  auto& created = prometheus::BuildCounter()
-                      .Name("matchd_tickets_created_total")
-                      .Help("Tickets accepted into a queue.")
-                      .Register(*registry_);
-  auto& ended = prometheus::BuildCounter()
-                    .Name("matchd_tickets_ended_total")
-                    .Help("Tickets that reached a terminal state, by outcome.")
-                    .Register(*registry_);
-  auto& waiting = prometheus::BuildGauge()
-                      .Name("matchd_tickets_waiting")
-                      .Help("Tickets waiting in a queue's pool now.")
-                      .Register(*registry_);
-  auto& matches = prometheus::BuildCounter()
-                      .Name("matchd_matches_total")
-                      .Help("Matches formed.")
-                      .Register(*registry_);
-  auto& wait = prometheus::BuildHistogram()
-                   .Name("matchd_ticket_wait_seconds")
-                   .Help("Time from a ticket's creation to its match.")
-                   .Register(*registry_);
-  auto& spread = prometheus::BuildHistogram()
-                     .Name("matchd_match_rating_spread")
-                     .Help("Highest minus lowest party rating in a match.")
-                     .Register(*registry_);
-  auto& gap = prometheus::BuildHistogram()
-                  .Name("matchd_match_team_gap")
-                  .Help("Highest minus lowest team mean rating in a match.")
-                  .Register(*registry_);
-  const prometheus::Histogram::BucketBoundaries wait_buckets = {
-      0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600};
-  const prometheus::Histogram::BucketBoundaries rating_buckets = {
-      1, 5, 10, 25, 50, 100, 200, 300, 500, 800, 1200, 2000};
-  for (const std::string& name : queue_names) {
-    Queue q;
-    q.created = &created.Add({{"queue", name}});
-    q.matched = &ended.Add({{"queue", name}, {"outcome", "matched"}});
-    q.cancelled = &ended.Add({{"queue", name}, {"outcome", "cancelled"}});
-    q.expired = &ended.Add({{"queue", name}, {"outcome", "expired"}});
-    q.waiting = &waiting.Add({{"queue", name}});
-    q.matches = &matches.Add({{"queue", name}});
-    q.wait_seconds = &wait.Add({{"queue", name}}, wait_buckets);
-    q.rating_spread = &spread.Add({{"queue", name}}, rating_buckets);
-    q.team_gap = &gap.Add({{"queue", name}}, rating_buckets);
-    queues_.push_back(q);
-  }
-  auto& rpcs = prometheus::BuildCounter()
-                   .Name("matchd_rpcs_total")
-                   .Help("Finished RPCs by method and status code.")
-                   .Register(*registry_);
-  rpcs_.resize(kRpcCount);
-  for (int r = 0; r < kRpcCount; ++r) {
-    for (int c = 0; c < kCodeCount; ++c) {
-      rpcs_[r].push_back(&rpcs.Add({{"method", kRpcNames[r]}, {"code", kCodeNames[c]}}));
-    }
-  }
-  auto& lag = prometheus::BuildHistogram()
-                  .Name("matchd_event_loop_lag_seconds")
-                  .Help("How late an event loop ran a timer: a busy or blocked loop shows here.")
-                  .Register(*registry_);
-  for (int i = 0; i < loops; ++i) {
-    loop_lag_.push_back(&lag.Add({{"loop", std::to_string(i)}},
-                                 prometheus::Histogram::BucketBoundaries{
-                                     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1}));
-  }
+OwnedHistogram::OwnedHistogram(std::vector<double> bounds)
+    : bounds_(std::move(bounds)), counts_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
+  for (size_t i = 0; i <= bounds_.size(); ++i) counts_[i].store(0, std::memory_order_relaxed);
 }
 
-void Metrics::RecordRpc(Rpc rpc, grpc::StatusCode code) {
+void OwnedHistogram::Observe(double value) {
+  // The first bound >= value; NaN compares false everywhere and lands in +Inf.
+  const size_t bucket =
+      std::find_if(bounds_.begin(), bounds_.end(), [value](double b) { return value <= b; }) -
+      bounds_.begin();
+  std::atomic<uint64_t>& count = counts_[bucket];
+  count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  sum_.store(sum_.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
+}
+
+prometheus::ClientMetric::Histogram OwnedHistogram::Snapshot() const {
+  prometheus::ClientMetric::Histogram out;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    cumulative += counts_[i].load(std::memory_order_relaxed);
+    prometheus::ClientMetric::Bucket bucket;
+    bucket.cumulative_count = cumulative;
+    bucket.upper_bound =
+        i < bounds_.size() ? bounds_[i] : std::numeric_limits<double>::infinity();
+    out.bucket.push_back(bucket);
+  }
+  out.sample_count = cumulative;
+  out.sample_sum = sum_.load(std::memory_order_relaxed);
+  return out;
+}
+
+Metrics::Queue::Queue()
+    : wait_seconds(WaitBuckets()), rating_spread(RatingBuckets()), team_gap(RatingBuckets()) {}
+
+Metrics::Loop::Loop() : lag(LagBuckets()) {}
+
+Metrics::Metrics(std::vector<std::string> queue_names, int loops)
+    : queue_names_(std::move(queue_names)) {
+  for (size_t i = 0; i < queue_names_.size(); ++i) queues_.push_back(std::make_unique<Queue>());
+  for (int i = 0; i < loops; ++i) loops_.push_back(std::make_unique<Loop>());
+}
+
+void Metrics::RecordRpc(int loop, Rpc rpc, grpc::StatusCode code) {
   const int c = static_cast<int>(code);
-  if (c < 0 || c >= kCodeCount) return;
-  rpcs_[static_cast<int>(rpc)][c]->Increment();
+  if (c < 0 || c >= kStatusCodeCount) return;
+  loops_[loop]->rpcs[static_cast<int>(rpc)][c].Increment();
 }
 
 void Metrics::RecordLoopLag(int loop, absl::Duration lag) {
-  loop_lag_[loop]->Observe(absl::ToDoubleSeconds(lag));
+  loops_[loop]->lag.Observe(absl::ToDoubleSeconds(lag));
+}
+
+std::vector<prometheus::MetricFamily> Metrics::Collect() const {
+  using prometheus::MetricType;
+  auto created = Family("matchd_tickets_created_total", "Tickets accepted into a queue.",
+                        MetricType::Counter);
+  auto ended = Family("matchd_tickets_ended_total",
+                      "Tickets that reached a terminal state, by outcome.", MetricType::Counter);
+  auto waiting =
+      Family("matchd_tickets_waiting", "Tickets waiting in a queue's pool now.", MetricType::Gauge);
+  auto matches = Family("matchd_matches_total", "Matches formed.", MetricType::Counter);
+  auto wait = Family("matchd_ticket_wait_seconds", "Time from a ticket's creation to its match.",
+                     MetricType::Histogram);
+  auto spread = Family("matchd_match_rating_spread",
+                       "Highest minus lowest party rating in a match.", MetricType::Histogram);
+  auto gap = Family("matchd_match_team_gap", "Highest minus lowest team mean rating in a match.",
+                    MetricType::Histogram);
+  auto counter = [](std::vector<prometheus::ClientMetric::Label> labels, uint64_t value) {
+    prometheus::ClientMetric metric = Labelled(std::move(labels));
+    metric.counter.value = static_cast<double>(value);
+    return metric;
+  };
+  auto histogram = [](std::vector<prometheus::ClientMetric::Label> labels,
+                      const OwnedHistogram& h) {
+    prometheus::ClientMetric metric = Labelled(std::move(labels));
+    metric.histogram = h.Snapshot();
+    return metric;
+  };
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    const Queue& q = *queues_[i];
+    const std::string& name = queue_names_[i];
+    created.metric.push_back(counter({{"queue", name}}, q.created.Value()));
+    ended.metric.push_back(counter({{"outcome", "matched"}, {"queue", name}}, q.matched.Value()));
+    ended.metric.push_back(
+        counter({{"outcome", "cancelled"}, {"queue", name}}, q.cancelled.Value()));
+    ended.metric.push_back(counter({{"outcome", "expired"}, {"queue", name}}, q.expired.Value()));
+    prometheus::ClientMetric w = Labelled({{"queue", name}});
+    w.gauge.value = q.waiting.Value();
+    waiting.metric.push_back(std::move(w));
+    matches.metric.push_back(counter({{"queue", name}}, q.matches.Value()));
+    wait.metric.push_back(histogram({{"queue", name}}, q.wait_seconds));
+    spread.metric.push_back(histogram({{"queue", name}}, q.rating_spread));
+    gap.metric.push_back(histogram({{"queue", name}}, q.team_gap));
+  }
+
+  auto rpcs = Family("matchd_rpcs_total", "Finished RPCs by method and status code.",
+                     MetricType::Counter);
+  for (int r = 0; r < kRpcCount; ++r) {
+    for (int c = 0; c < kStatusCodeCount; ++c) {
+      uint64_t sum = 0;
+      for (const auto& loop : loops_) sum += loop->rpcs[r][c].Value();
+      rpcs.metric.push_back(counter({{"code", kCodeNames[c]}, {"method", kRpcNames[r]}}, sum));
+    }
+  }
+  auto lag = Family("matchd_event_loop_lag_seconds",
+                    "How late an event loop ran a timer: a busy or blocked loop shows here.",
+                    MetricType::Histogram);
+  for (size_t i = 0; i < loops_.size(); ++i) {
+    lag.metric.push_back(histogram({{"loop", std::to_string(i)}}, loops_[i]->lag));
+  }
+
+  std::vector<prometheus::MetricFamily> families;
+  for (auto* family : {&created, &ended, &waiting, &matches, &wait, &spread, &gap, &rpcs, &lag}) {
+    families.push_back(std::move(*family));
+  }
+  return families;
 }
 
 }  // namespace matchd

@@ -163,7 +163,7 @@ grpc::Status QueueRuntime::TicketNotFound(const std::string& ticket_id) const {
 
 void QueueRuntime::PublishCounts() {
   tickets_waiting_.store(static_cast<uint32_t>(pool_.tickets_waiting()), std::memory_order_relaxed);
-  metrics_->waiting->Set(static_cast<double>(pool_.tickets_waiting()));
+  metrics_->waiting.Set(static_cast<double>(pool_.tickets_waiting()));
   players_waiting_.store(static_cast<uint32_t>(pool_.players_waiting()), std::memory_order_relaxed);
 }
 
@@ -251,7 +251,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
          {"players", t.players.size()},
          {"poll", poll}});
   }
-  metrics_->created->Increment();
+  metrics_->created.Increment();
   PublishCounts();
   return &t;
 }
@@ -596,9 +596,9 @@ void QueueRuntime::OnMatched(const matcher::FormedMatch& formed) {
     team.mutable_players()->DeleteSubrange(0, team.players_size());
   }
   matches_formed_.fetch_add(1, std::memory_order_relaxed);
-  metrics_->matches->Increment();
-  metrics_->rating_spread->Observe(formed.rating_spread);
-  metrics_->team_gap->Observe(formed.team_gap);
+  metrics_->matches.Increment();
+  metrics_->rating_spread.Observe(formed.rating_spread);
+  metrics_->team_gap.Observe(formed.team_gap);
   for (const std::vector<TicketKey>& team : formed.teams) {
     for (TicketKey key : team) {
       Ticket& t = At(key);
@@ -625,14 +625,14 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     if (t.partition != 0) ReleasePartition(t.partition_key);
     switch (state) {
       case mm::Ticket::MATCHED:
-        metrics_->matched->Increment();
-        metrics_->wait_seconds->Observe(absl::ToDoubleSeconds(now - t.created));
+        metrics_->matched.Increment();
+        metrics_->wait_seconds.Observe(absl::ToDoubleSeconds(now - t.created));
         break;
       case mm::Ticket::EXPIRED:
-        metrics_->expired->Increment();
+        metrics_->expired.Increment();
         break;
       default:
-        metrics_->cancelled->Increment();
+        metrics_->cancelled.Increment();
         break;
     }
   }

@@ -52,7 +52,7 @@ struct RuntimeLimits {
 struct Runtime {
   RuntimeLimits limits;
   const Clock* clock = nullptr;  // not owned
-  std::unique_ptr<Metrics> metrics;
+  std::shared_ptr<Metrics> metrics;  // shared with the metrics exposer
   MatchmakerService service;
   grpc::health::v1::Health::AsyncService health_service;
   HealthBoard health;

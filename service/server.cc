@@ -142,7 +142,7 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.max_retained_tickets = options.max_retained_tickets;
   std::vector<std::string> queue_names;
   for (const QueueSettings& q : options.queues) queue_names.push_back(q.name);
-  rt.metrics = std::make_unique<Metrics>(queue_names, threads);
+  rt.metrics = std::make_shared<Metrics>(std::move(queue_names), threads);
 
   if (!options.metrics_listen.empty()) {
     try {
@@ -151,7 +151,7 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
       return absl::UnavailableError(
           absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
     }
-    server->exposer_->RegisterCollectable(rt.metrics->registry());
+    server->exposer_->RegisterCollectable(rt.metrics);
     const std::vector<int> ports = server->exposer_->GetListeningPorts();
     server->metrics_port_ = ports.empty() ? 0 : ports.front();
   }

@@ -4,14 +4,20 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "service/metrics.h"
 #include "tests/testing/test_server.h"
 
 namespace matchd::testing {
@@ -184,6 +190,97 @@ TEST(MetricsTest, PrometheusEndpointCountsTicketsMatchesAndRpcs) {
   EXPECT_EQ(Sample(text, "matchd_rpcs_total", {"method=\"FindMatch\"", "code=\"NOT_FOUND\""}),
             1);
   EXPECT_THAT(text, HasSubstr("matchd_event_loop_lag_seconds_bucket{"));
+}
+
+// The metric of `family` in `families` whose labels include all of `labels`.
+const prometheus::ClientMetric* Find(const std::vector<prometheus::MetricFamily>& families,
+                                     const std::string& family,
+                                     const std::vector<prometheus::ClientMetric::Label>& labels) {
+  for (const auto& f : families) {
+    if (f.name != family) continue;
+    for (const auto& m : f.metric) {
+      bool all = true;
+      for (const auto& l : labels) {
+        all = all && std::find(m.label.begin(), m.label.end(), l) != m.label.end();
+      }
+      if (all) return &m;
+    }
+  }
+  return nullptr;
+}
+
+TEST(MetricsTest, EachLoopCountsItsOwnRpcsAndACollectSumsThem) {
+  Metrics metrics({"duel"}, 2);
+  constexpr int kPerLoop = 20000;
+  std::atomic<bool> writing{true};
+  // A scrape while the loops write: each sum only grows (and TSan checks the
+  // reads against the writes).
+  std::thread scraper([&] {
+    double last = 0;
+    while (writing.load()) {
+      const auto* ok = Find(metrics.Collect(), "matchd_rpcs_total",
+                            {{"method", "FindMatch"}, {"code", "OK"}});
+      ASSERT_NE(ok, nullptr);
+      EXPECT_GE(ok->counter.value, last);
+      last = ok->counter.value;
+    }
+  });
+  std::vector<std::thread> loops;
+  for (int loop = 0; loop < 2; ++loop) {
+    loops.emplace_back([&metrics, loop] {
+      for (int i = 0; i < kPerLoop; ++i) {
+        metrics.RecordRpc(loop, Rpc::kFindMatch, grpc::StatusCode::OK);
+      }
+      metrics.RecordRpc(loop, Rpc::kCancelTicket, grpc::StatusCode::NOT_FOUND);
+    });
+  }
+  for (auto& t : loops) t.join();
+  writing = false;
+  scraper.join();
+
+  const auto families = metrics.Collect();
+  const auto* ok = Find(families, "matchd_rpcs_total", {{"method", "FindMatch"}, {"code", "OK"}});
+  ASSERT_NE(ok, nullptr);
+  EXPECT_EQ(ok->counter.value, 2 * kPerLoop);
+  const auto* not_found =
+      Find(families, "matchd_rpcs_total", {{"method", "CancelTicket"}, {"code", "NOT_FOUND"}});
+  ASSERT_NE(not_found, nullptr);
+  EXPECT_EQ(not_found->counter.value, 2);
+  // Every method and code is exported, at zero too.
+  const auto* unused =
+      Find(families, "matchd_rpcs_total", {{"method", "WatchTicket"}, {"code", "UNAUTHENTICATED"}});
+  ASSERT_NE(unused, nullptr);
+  EXPECT_EQ(unused->counter.value, 0);
+}
+
+TEST(MetricsTest, HistogramBucketsAreCumulativeAndEndWithInf) {
+  Metrics metrics({"duel", "team"}, 1);
+  Metrics::Queue& team = metrics.queue(1);
+  team.wait_seconds.Observe(0.01);   // on the first bound: in it (le="0.01")
+  team.wait_seconds.Observe(0.011);  // the second bucket
+  team.wait_seconds.Observe(5);      // on the bound 5
+  team.wait_seconds.Observe(1e6);    // above the last bound: +Inf only
+  const auto families = metrics.Collect();
+  const auto* wait = Find(families, "matchd_ticket_wait_seconds", {{"queue", "team"}});
+  ASSERT_NE(wait, nullptr);
+  const auto& h = wait->histogram;
+  EXPECT_EQ(h.sample_count, 4u);
+  EXPECT_DOUBLE_EQ(h.sample_sum, 0.01 + 0.011 + 5 + 1e6);
+  ASSERT_EQ(h.bucket.size(), 16u);  // 15 bounds and +Inf
+  EXPECT_EQ(h.bucket[0].upper_bound, 0.01);
+  EXPECT_EQ(h.bucket[0].cumulative_count, 1u);
+  EXPECT_EQ(h.bucket[1].cumulative_count, 2u);
+  EXPECT_EQ(h.bucket[6].upper_bound, 2);
+  EXPECT_EQ(h.bucket[6].cumulative_count, 2u);
+  EXPECT_EQ(h.bucket[7].upper_bound, 5);
+  EXPECT_EQ(h.bucket[7].cumulative_count, 3u);
+  EXPECT_EQ(h.bucket[14].cumulative_count, 3u);
+  EXPECT_TRUE(std::isinf(h.bucket[15].upper_bound));
+  EXPECT_EQ(h.bucket[15].cumulative_count, 4u);
+  // The other queue's series are its own.
+  const auto* duel = Find(families, "matchd_ticket_wait_seconds", {{"queue", "duel"}});
+  ASSERT_NE(duel, nullptr);
+  EXPECT_EQ(duel->histogram.sample_count, 0u);
 }
 
 }  // namespace
