@@ -186,6 +186,18 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   for (int i = 0; i < threads; ++i) cqs.push_back(builder.AddCompletionQueue());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
+    if (server->server_ != nullptr) {
+      // Started without the port: stop it before its queues go.
+      server->server_->Shutdown(std::chrono::system_clock::now());
+      for (auto& cq : cqs) {
+        cq->Shutdown();
+        void* tag;
+        bool ok;
+        while (cq->Next(&tag, &ok)) {
+        }
+      }
+      server->server_.reset();
+    }
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options.listen_address,
                      " (address in use, or not an address of this host?)"));
@@ -247,6 +259,12 @@ void MatchmakerServer::EndWaitingCalls(absl::Duration spread) {
 
 void MatchmakerServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || runtime_ == nullptr) return;
+  if (server_ == nullptr) {
+    // Start failed before gRPC served (an address in use): nothing runs yet.
+    shut_down_ = true;
+    exposer_.reset();
+    return;
+  }
   EndWaitingCalls(absl::ZeroDuration());
   shut_down_ = true;
   runtime_->health.Shutdown();  // ends health watches, which never end on their own

@@ -1,4 +1,5 @@
-// TLS, mTLS and the Prometheus endpoint, against a real server.
+// TLS, mTLS, refusals at start and the Prometheus endpoint, against a real
+// server.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -126,6 +127,56 @@ TEST(SecurityTest, BadTlsFilesAreRefusedAtStart) {
   ASSERT_FALSE(server.ok());
   EXPECT_EQ(server.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(server.status().message()), HasSubstr("/nonexistent/cert.pem"));
+}
+
+// A port on 127.0.0.1 that this test listens on (without SO_REUSEPORT, so
+// no one else can bind it).
+class OccupiedPort {
+ public:
+  OccupiedPort() : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 && listen(fd_, 1) == 0 &&
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      port_ = ntohs(addr.sin_port);
+    }
+  }
+  ~OccupiedPort() { close(fd_); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
+
+ private:
+  const int fd_;
+  int port_ = 0;
+};
+
+TEST(StartTest, AListenAddressInUseIsRefusedAtStart) {
+  OccupiedPort taken;
+  ASSERT_GT(taken.port(), 0);
+  ServerOptions options;
+  options.listen_address = taken.address();
+  options.queues = *ParseConfig(kTestConfig);
+  auto server = MatchmakerServer::Start(std::move(options));
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(server.status().message()),
+              HasSubstr("cannot listen on " + taken.address()));
+}
+
+TEST(StartTest, AMetricsAddressInUseIsRefusedAtStart) {
+  OccupiedPort taken;
+  ASSERT_GT(taken.port(), 0);
+  ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.metrics_listen = taken.address();
+  options.queues = *ParseConfig(kTestConfig);
+  auto server = MatchmakerServer::Start(std::move(options));
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(server.status().message()),
+              HasSubstr("cannot serve metrics on " + taken.address()));
 }
 
 // GET http://127.0.0.1:port/path, the whole response.
