@@ -963,11 +963,11 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     seen += spec.party_size;
     if (rules.custom_rule != nullptr && !rules.custom_rule->Compatible(anchor.spec, spec)) {
       // Kept apart by the studio's rule: as if not there.
+    } else if (region >= 0 && spec.latency_ms[region] == TicketSpec::kUnreachable) {
+      // Never plays there, however far the limit widens.
     } else if (region >= 0 && spec.latency_ms[region] > limit) {
-      if (spec.latency_ms[region] != TicketSpec::kUnreachable) {
-        kept_out += spec.party_size;
-        nearest_kept_out = std::min<double>(nearest_kept_out, spec.latency_ms[region]);
-      }
+      kept_out += spec.party_size;
+      nearest_kept_out = std::min<double>(nearest_kept_out, spec.latency_ms[region]);
     } else {
       TryAdd(ticket);
     }

@@ -599,6 +599,25 @@ TEST(PoolTest, LatencyCapIsNeverExceeded) {
   EXPECT_THAT(listener.matches, IsEmpty());
 }
 
+// A ticket that gave no latency for a region never plays there, however far
+// the limit has widened (its "unreachable" is stored as a latency of 65535).
+TEST(PoolTest, NoLimitAdmitsATicketToARegionItCannotReach) {
+  RecordingListener listener;
+  // From 70 s at zero wait, widening without a cap.
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 70000, 1000), &listener);
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {10, -1, -1})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {-1, 10, -1})).ok());
+  pool.Process(kT0);
+  pool.Process(kT0 + absl::Hours(1));
+  EXPECT_THAT(listener.matches, IsEmpty());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(3, 1700, kT0 + absl::Hours(1)), {-1, 9000, -1})).ok());
+  pool.Process(kT0 + absl::Hours(1));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(2, 3));
+  EXPECT_EQ(listener.matches[0].region, 1);
+  EXPECT_EQ(listener.matches[0].max_latency_ms, 9000);
+}
+
 TEST(PoolTest, TicketWithoutAReachableRegionIsRefused) {
   RecordingListener listener;
   Pool pool(WithRegions(Rated(2, 1, 1, 100, 0), 60, 0), &listener);
