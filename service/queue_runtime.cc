@@ -325,9 +325,11 @@ void QueueRuntime::CreateTicket(mm::CreateTicketRequest request, Responder<mm::T
   Ticket& t = **admitted;
   ScheduleLease(t, now + settings_.poll_ttl);
   // Match first: the ticket that completes a match learns it in this reply
-  // rather than one poll later.
-  RunPool();
+  // rather than one poll later. Retention may drop it as soon as it ends, so
+  // the reply is built before.
+  RunPool(/*trim=*/false);
   responder->Reply(ToProto(t));
+  TrimRetired();
 }
 
 void QueueRuntime::GetTicket(const std::string& ticket_id, Responder<mm::Ticket>* responder) {
@@ -763,13 +765,13 @@ void QueueRuntime::LeaseExpired(TicketKey key) {
   }
 }
 
-void QueueRuntime::RunPool() {
+void QueueRuntime::RunPool(bool trim) {
   const absl::Time now = runtime_->clock->Now();
   in_pool_callback_ = true;
   pool_.Process(now);
   in_pool_callback_ = false;
   PublishCounts();
-  TrimRetired();
+  if (trim) TrimRetired();
   const absl::Time wake = pool_.NextWakeup();
   if (wake == pool_timer_at_) return;
   loop_->CancelTimer(pool_timer_);

@@ -91,7 +91,10 @@ class QueueRuntime final : private matcher::PoolListener {
       absl::Time now, absl::Time expires);
   Ticket* Find(const std::string& ticket_id);
   grpc::Status TicketNotFound(const std::string& ticket_id) const;
-  void RunPool();
+  // Matches what can match now and re-arms the pool's timer. `trim`: also
+  // drop the finished tickets beyond the retention cap (a caller that still
+  // reads a ticket that may have just ended trims after).
+  void RunPool(bool trim = true);
   // Moves a ticket to a terminal state: leaves the pool, frees its players,
   // ends its stream with `stream_status` (if attached) and schedules removal.
   void Finish(Ticket& t, State state, std::string detail, const grpc::Status& stream_status,

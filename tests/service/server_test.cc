@@ -461,6 +461,25 @@ TEST(ServerTest, PollingFlowCreateGetCancel) {
   EXPECT_EQ(ts.GetTicket(c2.ticket_id()).state(), mm::Ticket::QUEUED);
 }
 
+// The reply of the CreateTicket that completes a match carries the match,
+// even when the retention cap drops the ticket as soon as it ends.
+TEST(ServerTest, CreateTicketThatCompletesAMatchRepliesWithItWithoutRetention) {
+  TestServerOptions options;
+  options.max_retained_tickets = 0;
+  TestServer ts(options);
+  mm::Ticket a, b;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("a", 1500)}, &a).ok());
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("b", 1500)}, &b).ok());
+  EXPECT_EQ(b.ticket_id().size(), a.ticket_id().size());
+  EXPECT_NE(b.ticket_id(), a.ticket_id());
+  EXPECT_EQ(b.queue(), "duel");
+  EXPECT_EQ(b.state(), mm::Ticket::MATCHED);
+  ASSERT_EQ(b.players_size(), 1);
+  EXPECT_EQ(b.players(0).id(), "b");
+  EXPECT_FALSE(b.match().match_id().empty());
+  EXPECT_EQ(b.match().teams_size(), 2);
+}
+
 TEST(ServerTest, FinishedTicketsBeyondTheRetentionCapGoOldestFirst) {
   TestServerOptions options;
   options.max_retained_tickets = 2;
