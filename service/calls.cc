@@ -475,7 +475,9 @@ void StreamCall::OnRequested(bool ok) {
 void StreamCall::Reject(const grpc::Status& status) { Close(status, nullptr); }
 
 void StreamCall::Start() {
-  if (runtime_->draining.load()) return Reject(kDraining);
+  // Draining refuses new tickets; WatchTicket follows tickets this replica
+  // already holds (and nobody else does).
+  if (kind_ == Kind::kFindMatch && runtime_->draining.load()) return Reject(kDraining);
   if (request_.Length() > kMaxRequestBytes) return Reject(TooLarge(request_.Length()));
   const absl::Time deadline = CallerDeadline(ctx_, *runtime_->clock);
   if (kind_ == Kind::kFindMatch) {

@@ -961,6 +961,30 @@ TEST(ServerTest, DrainTurnsReadinessOffThenEndsWaitingCallsWithinTheSpread) {
   }
 }
 
+// Draining refuses new tickets, not the tickets this replica already holds:
+// they exist nowhere else, so WatchTicket still reports and follows them.
+TEST(ServerTest, WatchTicketStillServesThisReplicasTicketsWhileDraining) {
+  TestServer ts;
+  mm::Ticket a, b, waiting;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("a", 1500)}, &a).ok());
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("b", 1500)}, &b).ok());
+  ASSERT_EQ(b.state(), mm::Ticket::MATCHED);
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("c", 3000)}, &waiting).ok());
+  ts.server().Drain();
+
+  auto matched = EventStream::Watch(ts.stub(), a.ticket_id(), 0);
+  EXPECT_TRUE(matched->Expect().has_matched());
+  EXPECT_TRUE(matched->Finish().ok());
+  auto follow = EventStream::Watch(ts.stub(), waiting.ticket_id(), 0);
+  EXPECT_TRUE(follow->Expect().has_queued());
+  EXPECT_TRUE(follow->Expect().has_searching());
+  // Until the drain ends the waiting calls.
+  ts.server().EndWaitingCalls(absl::ZeroDuration());
+  grpc::Status ended = follow->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(ended.error_message(), HasSubstr("draining"));
+}
+
 // With no retention every ticket that ends is dropped at once: ending them all
 // must not pull the ticket table from under the loop that walks it (the
 // sanitizer builds catch a use after free).
