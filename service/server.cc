@@ -163,6 +163,9 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen_address, *credentials, &server->port_);
+  // gRPC sets SO_REUSEPORT by default: a second matchd on the same port would
+  // start and take half the connections to a pool of its own.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&rt.service);
   builder.RegisterService(&rt.health_service);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);

@@ -165,6 +165,18 @@ TEST(StartTest, AListenAddressInUseIsRefusedAtStart) {
               HasSubstr("cannot listen on " + taken.address()));
 }
 
+// Not even another matchd may share it (gRPC would allow SO_REUSEPORT).
+TEST(StartTest, ASecondServerOnTheSamePortIsRefused) {
+  TestServer first;
+  ServerOptions options;
+  options.listen_address = "127.0.0.1:" + std::to_string(first.server().port());
+  options.queues = *ParseConfig(kTestConfig);
+  auto second = MatchmakerServer::Start(std::move(options));
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("cannot listen on"));
+}
+
 TEST(StartTest, AMetricsAddressInUseIsRefusedAtStart) {
   OccupiedPort taken;
   ASSERT_GT(taken.port(), 0);
