@@ -169,6 +169,10 @@ absl::Status ValidateRules(const QueueRules& rules) {
   if (rules.min_players != 0) {
     // At least two players, and at least one per team in a team mode.
     const int least = rules.team_size == 1 ? 2 : rules.team_count;
+    if (least >= rules.players_per_match()) {
+      return invalid("min_players must be 0: a match of ", rules.players_per_match(),
+                     " players has no partial lobby, got ", rules.min_players);
+    }
     if (rules.min_players < least || rules.min_players >= rules.players_per_match()) {
       return invalid("min_players must be 0 (full matches only) or in ", least, "..",
                      rules.players_per_match() - 1, ", got ", rules.min_players);

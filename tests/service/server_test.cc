@@ -885,6 +885,55 @@ TEST(ServerTest, CustomRuleHoldsMixedGroupsAndExplainsItself) {
   EXPECT_THAT(s.error_message(), HasSubstr("this queue needs \"input\""));
 }
 
+// Values past these bounds used to load and then misbehave: a queue that
+// refused every ticket (an int overflow), a player locked out for a day,
+// a ListQueues reply over gRPC's message limit.
+TEST(ConfigTest, LimitsAndDurationsAreBounded) {
+  auto error = [](const std::string& fields) {
+    auto parsed = ParseConfig(R"({"queues": [{"name": "q", "teamCount": 2, "teamSize": 2)" +
+                              fields + "}]}");
+    return parsed.ok() ? std::string("ok") : std::string(parsed.status().message());
+  };
+  EXPECT_EQ(error(R"(, "maxWaitingTickets": 100000000)"), "ok");
+  EXPECT_THAT(error(R"(, "maxWaitingTickets": 4294967295)"),
+              HasSubstr("max_waiting_tickets must be <= 100000000 (0: 200000), got 4294967295"));
+  EXPECT_THAT(error(R"(, "reattachGrace": "100000s")"),
+              HasSubstr("reattach_grace must be in [0s, 1h]"));
+  EXPECT_THAT(error(R"(, "pollTtl": "7200s")"), HasSubstr("poll_ttl must be in (0s, 1h]"));
+  EXPECT_THAT(error(R"(, "minPlayers": 2, "partialAfter": "7200s")"),
+              HasSubstr("partial_after must be at most 1h"));
+  EXPECT_THAT(error(R"(, "description": ")" + std::string(1025, 'x') + "\""),
+              HasSubstr("description must be at most 1024 bytes"));
+  // The numbers in the messages are the ones given.
+  EXPECT_THAT(error(R"(, "maxPartySize": 4294967295)"),
+              HasSubstr("max_party_size must be <= team_size (2), got 4294967295"));
+  EXPECT_THAT(error(R"(, "minPlayers": 4294967295)"),
+              HasSubstr("below a full match's 4 players, got 4294967295"));
+  auto duel = ParseConfig(R"({"queues": [{"name": "q", "teamCount": 2, "teamSize": 1,
+                                          "minPlayers": 1}]})");
+  ASSERT_FALSE(duel.ok());
+  EXPECT_THAT(std::string(duel.status().message()),
+              HasSubstr("min_players must be 0: a match of 2 players has no partial lobby"));
+}
+
+TEST(ConfigTest, ConfigFileMustBeARegularFileOfJson) {
+  EXPECT_EQ(LoadConfig("/tmp").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(LoadConfig("/tmp").status().message()),
+              HasSubstr("is not a regular file"));
+  EXPECT_EQ(LoadConfig("/nonexistent/matchd.json").status().code(), absl::StatusCode::kNotFound);
+  char path[] = "/tmp/matchd_config_XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::string bom_json =
+      "\xEF\xBB\xBF{\"queues\": [{\"name\": \"q\", \"teamCount\": 2, \"teamSize\": 1}]}";
+  ASSERT_EQ(write(fd, bom_json.data(), bom_json.size()), static_cast<ssize_t>(bom_json.size()));
+  close(fd);
+  auto loaded = LoadConfig(path);
+  unlink(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->at(0).name, "q");
+}
+
 TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
   auto error = [](const std::string& queue_json) {
     auto parsed = ParseConfig(R"({"queues": [)" + queue_json + "]}");
