@@ -3,11 +3,15 @@
 // jitter) -> Shutdown(deadline) -> exit 0.
 #include <time.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -91,7 +95,13 @@ bool WaitForSignal(const sigset_t& signals, absl::Duration timeout, int* sig) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("matchd: a streaming matchmaking server. Flags: --helpfull.");
-  absl::ParseCommandLine(argc, argv);
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    matchd::Log(matchd::LogLevel::kError,
+                std::string("unexpected argument \"") + rest[1] +
+                    "\"; matchd takes flags only (the configuration file goes in --config)");
+    return 2;
+  }
   // Debian builds abseil without NDEBUG, which turns on absl::Mutex's deadlock
   // detection: a global graph updated on every lock gRPC takes. A server
   // has no use for it (debug builds of the tests keep it).
@@ -107,6 +117,19 @@ int main(int argc, char** argv) {
   }
   matchd::SetLogLevel(level);
   matchd::RouteGrpcLogs();
+  const absl::Duration drain_delay = absl::GetFlag(FLAGS_drain_delay);
+  const absl::Duration drain_spread = absl::GetFlag(FLAGS_drain_spread);
+  const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  for (const auto& [name, d] : {std::pair<const char*, absl::Duration>{"drain_delay", drain_delay},
+                                {"drain_spread", drain_spread},
+                                {"drain_timeout", drain_timeout}}) {
+    if (d < absl::ZeroDuration() || d > absl::Hours(1)) {
+      matchd::Log(matchd::LogLevel::kError,
+                  std::string("bad --") + name + "; it must be in [0s, 1h]",
+                  {{"got", absl::FormatDuration(d)}});
+      return 2;
+    }
+  }
 
   // Signals are taken by sigwait below, so block them before any thread starts.
   sigset_t signals;
@@ -150,14 +173,28 @@ int main(int argc, char** argv) {
   auto started = matchd::MatchmakerServer::Start(std::move(options));
   if (!started.ok()) {
     matchd::Log(matchd::LogLevel::kError, "cannot start", {{"error", started.status().message()}});
-    return 1;
+    // A bad flag value is bad usage; anything else (an address in use) is not.
+    return started.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   matchd::MatchmakerServer& server = **started;
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     const std::string tmp = port_file + ".tmp";
-    std::ofstream(tmp) << server.port() << "\n";
-    std::rename(tmp.c_str(), port_file.c_str());  // readers never see a partial file
+    bool written;
+    {
+      std::ofstream out(tmp);
+      out << server.port() << "\n";
+      out.close();
+      written = static_cast<bool>(out);
+    }
+    // Renamed into place: readers never see a partial file.
+    if (!written || std::rename(tmp.c_str(), port_file.c_str()) != 0) {
+      matchd::Log(matchd::LogLevel::kError, "cannot write --port_file",
+                  {{"path", port_file}, {"error", std::strerror(errno)}});
+      std::remove(tmp.c_str());
+      server.Shutdown(absl::ZeroDuration());
+      return 1;
+    }
   }
   matchd::Log(matchd::LogLevel::kInfo, "serving",
               {{"port", server.port()},
@@ -171,12 +208,14 @@ int main(int argc, char** argv) {
   matchd::Log(matchd::LogLevel::kInfo, "signal received; draining",
               {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   server.Drain();
-  // A second signal skips the remaining waits.
-  bool hurry = WaitForSignal(signals, absl::GetFlag(FLAGS_drain_delay), &sig);
-  const absl::Duration spread = hurry ? absl::ZeroDuration() : absl::GetFlag(FLAGS_drain_spread);
+  // A second signal skips the remaining waits, the grace of calls in flight
+  // included.
+  bool hurry = WaitForSignal(signals, drain_delay, &sig);
+  const absl::Duration spread = hurry ? absl::ZeroDuration() : drain_spread;
   server.EndWaitingCalls(spread);
-  if (!hurry) WaitForSignal(signals, spread, &sig);
-  server.Shutdown(absl::GetFlag(FLAGS_drain_timeout));
+  if (!hurry) hurry = WaitForSignal(signals, spread, &sig);
+  server.Shutdown(hurry ? absl::ZeroDuration() : drain_timeout);
+  if (!port_file.empty()) std::remove(port_file.c_str());  // it names a port no longer served
   matchd::Log(matchd::LogLevel::kInfo, "stopped");
   return 0;
 }

@@ -13,6 +13,8 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "service/calls.h"
 #include "service/log.h"
@@ -25,6 +27,8 @@ namespace {
 constexpr char kServiceName[] = "matchmaking.v1.Matchmaker";
 constexpr char kLivenessName[] = "liveness";
 constexpr absl::Duration kLagProbeInterval = absl::Seconds(1);
+constexpr int kMaxThreads = 256;
+constexpr int64_t kMinMemoryQuotaBytes = 1 << 20;
 
 int Millis(absl::Duration d) {
   return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), INT32_MAX));
@@ -67,11 +71,44 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
+// host:port with a port in 0..65535 (0: any free port), or unix:path.
+absl::Status CheckAddress(const char* what, const std::string& address) {
+  if (absl::StartsWith(address, "unix:")) return absl::OkStatus();
+  const size_t colon = address.rfind(':');
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  int value = 0;
+  if (colon == 0 || port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      !absl::SimpleAtoi(port, &value) || value > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be host:port with a port in 0..65535 (0: any free port), got \"",
+                     address, "\""));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckOptions(const ServerOptions& options) {
   if (options.queues.empty()) return absl::InvalidArgumentError("at least one queue is required");
-  if (options.threads < 0) return absl::InvalidArgumentError("threads must be >= 0");
-  if (options.heartbeat_interval <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("heartbeat interval must be > 0");
+  if (absl::Status st = CheckAddress("listen address", options.listen_address); !st.ok()) {
+    return st;
+  }
+  if (!options.metrics_listen.empty()) {
+    if (absl::StartsWith(options.metrics_listen, "unix:")) {
+      return absl::InvalidArgumentError("metrics address must be host:port, not a unix socket");
+    }
+    if (absl::Status st = CheckAddress("metrics address", options.metrics_listen); !st.ok()) {
+      return st;
+    }
+  }
+  if (options.threads < 0 || options.threads > kMaxThreads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads must be in 0..", kMaxThreads, " (0: one per core), got ",
+                     options.threads));
+  }
+  if (options.heartbeat_interval < absl::Milliseconds(100) ||
+      options.heartbeat_interval > absl::Hours(1)) {
+    return absl::InvalidArgumentError(absl::StrCat("heartbeat interval must be in [100ms, 1h], got ",
+                                                   absl::FormatDuration(options.heartbeat_interval)));
   }
   if (options.queued_delay < absl::ZeroDuration() ||
       options.queued_delay > options.heartbeat_interval) {
@@ -83,11 +120,17 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.max_waiting_tickets < 1) {
     return absl::InvalidArgumentError("max waiting tickets must be >= 1");
   }
-  for (absl::Duration d : {options.keepalive_time, options.keepalive_timeout,
-                           options.min_client_ping_interval, options.max_connection_idle,
-                           options.max_connection_age, options.max_connection_age_grace}) {
+  const std::pair<const char*, absl::Duration> durations[] = {
+      {"keepalive_time", options.keepalive_time},
+      {"keepalive_timeout", options.keepalive_timeout},
+      {"min_client_ping_interval", options.min_client_ping_interval},
+      {"max_connection_idle", options.max_connection_idle},
+      {"max_connection_age", options.max_connection_age},
+      {"max_connection_age_grace", options.max_connection_age_grace}};
+  for (const auto& [name, d] : durations) {
     if (d <= absl::ZeroDuration()) {
-      return absl::InvalidArgumentError("keepalive and connection durations must be > 0");
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be > 0, got ", absl::FormatDuration(d)));
     }
   }
   if (options.max_retained_tickets < 0) {
@@ -96,8 +139,11 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.max_receive_message_bytes < 1024) {
     return absl::InvalidArgumentError("max receive message size must be >= 1024 bytes");
   }
-  if (options.memory_quota_bytes < 0) {
-    return absl::InvalidArgumentError("memory quota must be >= 0 (0: none)");
+  if (options.memory_quota_bytes < 0 ||
+      (options.memory_quota_bytes > 0 && options.memory_quota_bytes < kMinMemoryQuotaBytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "memory quota must be 0 (none) or at least ", kMinMemoryQuotaBytes,
+        " bytes (gRPC cannot serve a call below that), got ", options.memory_quota_bytes));
   }
   return absl::OkStatus();
 }
@@ -201,9 +247,12 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
       }
       server->server_.reset();
     }
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen_address,
-                     " (address in use, or not an address of this host?)"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen_address,
+        options.tls_cert_file.empty()
+            ? " (address in use, or not an address of this host?)"
+            : " (address in use, not an address of this host, or a TLS certificate and key "
+              "that gRPC refused: see its log line above)"));
   }
   for (int i = 0; i < threads; ++i) {
     rt.loops.push_back(std::make_unique<EventLoop>(i, std::move(cqs[i]), rt.clock));

@@ -277,6 +277,38 @@ class MatchdTest(unittest.TestCase):
                          cm.exception.details())
         self.assertIn('draining', cm.exception.details())
         self.assertEqual(self.proc.wait(timeout=EXIT_TIMEOUT), 0)
+        # The port file named a port no longer served: it is gone.
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'port')))
+
+
+class MatchdCommandLineTest(unittest.TestCase):
+    """The binary's own checks, before and around serving."""
+
+    def run_matchd(self, *args):
+        return subprocess.run([ARGS.matchd, '--listen', '127.0.0.1:0'] + list(args),
+                              capture_output=True, text=True, timeout=EXIT_TIMEOUT)
+
+    def test_a_stray_argument_is_bad_usage(self):
+        # A forgotten --config must not serve the embedded queues instead.
+        done = self.run_matchd('queues.json')
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn('unexpected argument \\"queues.json\\"', done.stderr)
+
+    def test_a_bad_flag_value_is_bad_usage(self):
+        done = self.run_matchd('--heartbeat', '1ns')
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn('heartbeat interval must be in [100ms, 1h]', done.stderr)
+        done = self.run_matchd('--drain_delay', '-1s')
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn('bad --drain_delay', done.stderr)
+
+    def test_a_port_file_that_cannot_be_written_stops_the_server(self):
+        tmp = tempfile.mkdtemp(prefix='matchd_e2e_')
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        done = self.run_matchd('--port_file', os.path.join(tmp, 'missing', 'port'))
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertIn('cannot write --port_file', done.stderr)
+        self.assertEqual(os.listdir(tmp), [])
 
 
 def main():

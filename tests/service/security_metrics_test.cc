@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -163,6 +164,42 @@ TEST(StartTest, AListenAddressInUseIsRefusedAtStart) {
   EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(server.status().message()),
               HasSubstr("cannot listen on " + taken.address()));
+}
+
+// Options that used to start a server which then misbehaved: a port taken
+// modulo 65536, a heartbeat that floods a stream, a quota below what gRPC
+// needs to answer at all, a thread per call.
+TEST(StartTest, OptionsOutOfRangeAreRefusedAtStart) {
+  struct Case {
+    std::function<void(ServerOptions&)> set;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[](ServerOptions& o) { o.listen_address = "127.0.0.1:99999"; },
+       "listen address must be host:port with a port in 0..65535 (0: any free port), got "
+       "\"127.0.0.1:99999\""},
+      {[](ServerOptions& o) { o.listen_address = "127.0.0.1"; }, "got \"127.0.0.1\""},
+      {[](ServerOptions& o) { o.listen_address = "127.0.0.1:abc"; }, "got \"127.0.0.1:abc\""},
+      {[](ServerOptions& o) { o.metrics_listen = "127.0.0.1:-1"; },
+       "metrics address must be host:port"},
+      {[](ServerOptions& o) { o.threads = 2000; }, "threads must be in 0..256"},
+      {[](ServerOptions& o) { o.heartbeat_interval = absl::Nanoseconds(1); },
+       "heartbeat interval must be in [100ms, 1h], got 1ns"},
+      {[](ServerOptions& o) { o.memory_quota_bytes = 1; },
+       "memory quota must be 0 (none) or at least 1048576 bytes"},
+      {[](ServerOptions& o) { o.max_connection_idle = absl::ZeroDuration(); },
+       "max_connection_idle must be > 0"},
+  };
+  for (const Case& c : cases) {
+    ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.queues = *ParseConfig(kTestConfig);
+    c.set(options);
+    auto server = MatchmakerServer::Start(std::move(options));
+    ASSERT_FALSE(server.ok()) << c.message;
+    EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(server.status().message()), HasSubstr(c.message));
+  }
 }
 
 // Not even another matchd may share it (gRPC would allow SO_REUSEPORT).
