@@ -447,6 +447,10 @@ void QueueRuntime::ReleasePartition(const std::string& key) {
 }
 
 void QueueRuntime::Requeue(Ticket& t) {
+  // The dropped call's deadline went with it: the queue's maximum wait
+  // bounds the ticket now, and the new call's deadline ends that call.
+  t.expires = t.created + settings_.rules.max_wait;
+  t.expires_by_caller = false;
   (void)pool_.Add(Spec(t));  // the key is not in the pool while DETACHED
   t.state = mm::Ticket::QUEUED;
   t.detail.clear();

@@ -538,6 +538,28 @@ TEST(ServerTest, UnpolledTicketExpiresAfterPollTtl) {
   EXPECT_EQ(ts.GetTicket(polled.ticket_id()).state(), mm::Ticket::QUEUED);
 }
 
+// The deadline of a FindMatch call bounds its ticket while that call holds
+// it; once the ticket is re-attached, the dropped call's deadline is gone.
+TEST(ServerTest, AReattachedTicketNoLongerExpiresAtTheDroppedCallsDeadline) {
+  TestServer ts;
+  auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)},
+                                 /*deadline=*/absl::Seconds(20));
+  const std::string id = alice->Expect().ticket_id();
+  alice->Cancel();
+  alice->Finish();
+  ASSERT_EQ(ts.WaitUntilNot(id, mm::Ticket::QUEUED).state(), mm::Ticket::DETACHED);
+  auto watch = EventStream::Watch(ts.stub(), id, 1);
+  ASSERT_TRUE(watch->Expect().has_searching());
+  ts.Advance(absl::Seconds(30));
+  EXPECT_EQ(ts.GetTicket(id).state(), mm::Ticket::QUEUED);
+  // The queue's maximum wait (60 s) still counts from the ticket's creation.
+  ts.Advance(absl::Seconds(31));
+  grpc::Status ended = watch->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(ended.error_message(), HasSubstr("maximum wait of 1m"));
+  EXPECT_EQ(ts.GetTicket(id).state(), mm::Ticket::EXPIRED);
+}
+
 TEST(ServerTest, WatchTicketReattachesADroppedFindMatchAndResumesAfterSeq) {
   TestServer ts;
   auto alice = EventStream::Find(ts.stub(), "duel", {MakePlayer("alice", 1500)});
