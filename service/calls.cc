@@ -1,9 +1,12 @@
 #include "service/calls.h"
 
 #include <chrono>
+#include <type_traits>
 #include <utility>
+#include <variant>
 
 #include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
 
 #include "absl/strings/str_cat.h"
 #include "service/queue_runtime.h"
@@ -69,18 +72,23 @@ absl::Time CallerDeadline(const grpc::ServerContext& ctx, const Clock& clock) {
 // the Responder to whichever loop owns the state; that loop calls Reply or
 // Fail exactly once. Like every operation on a call, the Finish is issued on
 // the call's own loop (a post back when the reply comes from another loop).
-template <typename Service, typename Request, typename Response>
+// kRaw: the method is registered raw (bytes in and out) and the call parses
+// the request itself, so that a malformed one is INVALID_ARGUMENT rather
+// than gRPC's INTERNAL "Unable to parse request".
+template <typename Service, typename Request, typename Response, bool kRaw = false>
 class UnaryCall final : public Responder<Response> {
  public:
+  using WireRequest = std::conditional_t<kRaw, grpc::ByteBuffer, Request>;
+  using WireResponse = std::conditional_t<kRaw, grpc::ByteBuffer, Response>;
   using RequestMethod = void (Service::*)(
-      grpc::ServerContext*, Request*, grpc::ServerAsyncResponseWriter<Response>*,
+      grpc::ServerContext*, WireRequest*, grpc::ServerAsyncResponseWriter<WireResponse>*,
       grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
   using Handler = void (*)(Runtime*, const Request&, Responder<Response>*);
 
   static void Listen(Runtime* runtime, Service* service, EventLoop* loop, Rpc rpc,
                      RequestMethod method, Handler handler) {
     auto* call = new UnaryCall(runtime, service, loop, rpc, method, handler);
-    (service->*method)(&call->ctx_, &call->request_, &call->responder_, loop->cq(),
+    (service->*method)(&call->ctx_, &call->wire_request_, &call->responder_, loop->cq(),
                                loop->cq(), call->requested_tag_.Arm());
   }
 
@@ -89,8 +97,18 @@ class UnaryCall final : public Responder<Response> {
       loop_->Post([this, response] { Reply(response); });
       return;
     }
-    runtime_->metrics->RecordRpc(loop_->index(), rpc_, grpc::StatusCode::OK);
-    responder_.Finish(response, grpc::Status::OK, finished_tag_.Arm());
+    if constexpr (kRaw) {
+      grpc::ByteBuffer bytes;
+      bool own_buffer;
+      grpc::Status serialized =
+          grpc::SerializationTraits<Response>::Serialize(response, &bytes, &own_buffer);
+      if (!serialized.ok()) return Fail(serialized);
+      runtime_->metrics->RecordRpc(loop_->index(), rpc_, grpc::StatusCode::OK);
+      responder_.Finish(bytes, grpc::Status::OK, finished_tag_.Arm());
+    } else {
+      runtime_->metrics->RecordRpc(loop_->index(), rpc_, grpc::StatusCode::OK);
+      responder_.Finish(response, grpc::Status::OK, finished_tag_.Arm());
+    }
   }
   void Fail(const grpc::Status& status) override {
     if (!loop_->InLoopThread()) {
@@ -118,11 +136,23 @@ class UnaryCall final : public Responder<Response> {
       return;
     }
     Listen(runtime_, service_, loop_, rpc_, method_, handler_);
-    if (request_.ByteSizeLong() > kMaxRequestBytes) {
-      Fail(TooLarge(request_.ByteSizeLong()));
-      return;
+    if constexpr (kRaw) {
+      if (wire_request_.Length() > kMaxRequestBytes) return Fail(TooLarge(wire_request_.Length()));
+      grpc::ProtoBufferReader reader(&wire_request_);
+      const bool parsed = parsed_.ParseFromZeroCopyStream(&reader);
+      wire_request_.Clear();
+      if (!parsed) {
+        return Fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 absl::StrCat("request is not a valid ",
+                                              Request::descriptor()->name())));
+      }
+      handler_(runtime_, parsed_, this);
+    } else {
+      if (wire_request_.ByteSizeLong() > kMaxRequestBytes) {
+        return Fail(TooLarge(wire_request_.ByteSizeLong()));
+      }
+      handler_(runtime_, wire_request_, this);
     }
-    handler_(runtime_, request_, this);
   }
   void OnFinished(bool /*ok*/) { delete this; }
 
@@ -134,8 +164,11 @@ class UnaryCall final : public Responder<Response> {
   const RequestMethod method_;
   const Handler handler_;
   grpc::ServerContext ctx_;
-  Request request_;
-  grpc::ServerAsyncResponseWriter<Response> responder_{&ctx_};
+  // Raw: the bytes as received, parsed into parsed_. Else the request gRPC
+  // parsed.
+  WireRequest wire_request_;
+  std::conditional_t<kRaw, Request, std::monostate> parsed_;
+  grpc::ServerAsyncResponseWriter<WireResponse> responder_{&ctx_};
   MemberCompletion<UnaryCall> requested_tag_{this, &UnaryCall::OnRequested};
   MemberCompletion<UnaryCall> finished_tag_{this, &UnaryCall::OnFinished};
 };
@@ -368,16 +401,16 @@ void StreamLink::Close(grpc::Status status, grpc::ByteBuffer* last) {
 
 void StartAcceptingCalls(Runtime* runtime, EventLoop* loop) {
   MatchmakerService* mm = &runtime->service;
-  UnaryCall<MatchmakerService, mm::CreateTicketRequest, mm::Ticket>::Listen(
+  UnaryCall<MatchmakerService, mm::CreateTicketRequest, mm::Ticket, true>::Listen(
       runtime, mm, loop, Rpc::kCreateTicket, &MatchmakerService::RequestCreateTicket,
       &HandleCreateTicket);
-  UnaryCall<MatchmakerService, mm::GetTicketRequest, mm::Ticket>::Listen(
+  UnaryCall<MatchmakerService, mm::GetTicketRequest, mm::Ticket, true>::Listen(
       runtime, mm, loop, Rpc::kGetTicket, &MatchmakerService::RequestGetTicket,
       &HandleGetTicket);
-  UnaryCall<MatchmakerService, mm::CancelTicketRequest, mm::Ticket>::Listen(
+  UnaryCall<MatchmakerService, mm::CancelTicketRequest, mm::Ticket, true>::Listen(
       runtime, mm, loop, Rpc::kCancelTicket, &MatchmakerService::RequestCancelTicket,
       &HandleCancelTicket);
-  UnaryCall<MatchmakerService, mm::ListQueuesRequest, mm::ListQueuesResponse>::Listen(
+  UnaryCall<MatchmakerService, mm::ListQueuesRequest, mm::ListQueuesResponse, true>::Listen(
       runtime, mm, loop, Rpc::kListQueues, &MatchmakerService::RequestListQueues,
       &HandleListQueues);
   StreamCall::Request(runtime, loop, StreamCall::Kind::kFindMatch);

@@ -29,12 +29,14 @@ class StreamCall;
 
 // FindMatch and WatchTicket are raw (their events are built as bytes, see
 // events.h); the unary methods are typed.
+// Every method raw (bytes in and out): matchd parses each request itself, so
+// that a malformed one gets INVALID_ARGUMENT, and serializes each event once.
 using MatchmakerService = matchmaking::v1::Matchmaker::WithRawMethod_FindMatch<
     matchmaking::v1::Matchmaker::WithRawMethod_WatchTicket<
-        matchmaking::v1::Matchmaker::WithAsyncMethod_CreateTicket<
-            matchmaking::v1::Matchmaker::WithAsyncMethod_GetTicket<
-                matchmaking::v1::Matchmaker::WithAsyncMethod_CancelTicket<
-                    matchmaking::v1::Matchmaker::WithAsyncMethod_ListQueues<
+        matchmaking::v1::Matchmaker::WithRawMethod_CreateTicket<
+            matchmaking::v1::Matchmaker::WithRawMethod_GetTicket<
+                matchmaking::v1::Matchmaker::WithRawMethod_CancelTicket<
+                    matchmaking::v1::Matchmaker::WithRawMethod_ListQueues<
                         matchmaking::v1::Matchmaker::Service>>>>>>;
 
 // Server-wide settings that are not per queue.

@@ -196,6 +196,20 @@ class MatchdTest(unittest.TestCase):
             pb.CreateTicketRequest(queue='duel', players=[player('nan', math.nan)]),
             grpc.StatusCode.INVALID_ARGUMENT)
 
+    def test_a_malformed_request_is_invalid_argument(self):
+        # Bytes that are no protobuf message at all (a varint that never ends).
+        for method in ('CreateTicket', 'GetTicket', 'CancelTicket', 'ListQueues', 'FindMatch',
+                       'WatchTicket'):
+            path = '/matchmaking.v1.Matchmaker/' + method
+            if method in ('FindMatch', 'WatchTicket'):
+                rpc = lambda req, timeout: list(self.channel.unary_stream(path)(req, timeout=timeout))
+            else:
+                rpc = self.channel.unary_unary(path)
+            with self.assertRaises(grpc.RpcError) as cm:
+                rpc(b'\xff\xff\xff', timeout=RPC_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, method)
+            self.assertIn('request is not a valid', cm.exception.details())
+
     def test_unknown_queue(self):
         self.assert_stream_error(self.find('no-such-queue', player('alice', 1500)),
                                  grpc.StatusCode.NOT_FOUND)
