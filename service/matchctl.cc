@@ -1,6 +1,6 @@
 // matchctl: a command-line client for matchd.
 //
-//   matchctl [--server HOST:PORT] [--json] [--timeout D] COMMAND ...
+//   matchctl [--server HOST:PORT] [--json] [--timeout D] [--tls_ca FILE] COMMAND ...
 //
 // Exit status: 0 when the call ends OK, 1 for a gRPC error, 2 for bad usage,
 // 130 when interrupted (SIGINT cancels the call in flight first).
@@ -12,8 +12,10 @@
 #include <atomic>
 #include <csignal>
 #include <cstdint>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -54,7 +57,13 @@ std::string AbslUnparseFlag(const RepeatedFlag<kTag>& flag) {
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "matchd address (host:port).");
 ABSL_FLAG(bool, json, false, "Print responses and events as single-line JSON objects.");
-ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(), "Deadline of the call; 0 means none.");
+ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
+          "Deadline of the call; 0: the command's default (10s for create, get, cancel and "
+          "queues; none for find and watch, which wait for a match); inf: none.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA bundle: connect with TLS and trust servers it signed (empty: plaintext).");
+ABSL_FLAG(std::string, tls_cert, "", "With --tls_ca: PEM client certificate chain (mTLS).");
+ABSL_FLAG(std::string, tls_key, "", "With --tls_cert: its PEM private key.");
 ABSL_FLAG(std::string, queue, "", "find, create: the queue to join.");
 ABSL_FLAG(RepeatedFlag<0>, player, {},
           "find, create: a party member as ID[:RATING[:REGION=MS,REGION=MS...]], e.g. "
@@ -65,7 +74,7 @@ ABSL_FLAG(uint64_t, after_seq, 0, "watch: resume after this event seq.");
 
 namespace {
 
-constexpr char kUsage[] = R"(usage: matchctl [--server HOST:PORT] [--json] [--timeout D] COMMAND ...
+constexpr char kUsage[] = R"(usage: matchctl [--server HOST:PORT] [--json] [--timeout D] [--tls_ca FILE] COMMAND ...
 commands:
   find   --queue Q --player ID[:RATING[:REGION=MS,...]] ... [--attr K=V ...]
          find a match on a held stream; prints each event (Ctrl-C withdraws)
@@ -75,6 +84,45 @@ commands:
   watch  TICKET_ID [--after_seq N]                 stream a ticket's events
   queues                                           list the queues
 flags: --helpfull lists them all)";
+
+constexpr absl::Duration kDefaultUnaryTimeout = absl::Seconds(10);
+
+absl::StatusOr<std::string> ReadFile(const char* flag, const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) return absl::NotFoundError(absl::StrCat("--", flag, ": cannot read ", path));
+  return text.str();
+}
+
+// Plaintext, or TLS with --tls_ca (and a client certificate with --tls_cert).
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials() {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  if (ca.empty()) {
+    if (!cert.empty() || !key.empty()) {
+      return absl::InvalidArgumentError("--tls_cert and --tls_key need --tls_ca");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> roots = ReadFile("tls_ca", ca);
+  if (!roots.ok()) return roots.status();
+  ssl.pem_root_certs = *roots;
+  if (!cert.empty()) {
+    absl::StatusOr<std::string> chain = ReadFile("tls_cert", cert);
+    if (!chain.ok()) return chain.status();
+    absl::StatusOr<std::string> private_key = ReadFile("tls_key", key);
+    if (!private_key.ok()) return private_key.status();
+    ssl.pem_cert_chain = *chain;
+    ssl.pem_private_key = *private_key;
+  }
+  return grpc::SslCredentials(ssl);
+}
 
 int Usage(const std::string& message) {
   std::cerr << "matchctl: " << message << "\n" << kUsage << std::endl;
@@ -362,10 +410,18 @@ int main(int argc, char** argv) {
   }
   if (!error.empty()) return Usage(error);
 
-  auto stub = mm::Matchmaker::NewStub(
-      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
+  if (absl::GetFlag(FLAGS_server).empty()) return Usage("--server must name host:port");
+  absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
+  if (timeout < absl::ZeroDuration()) return Usage("--timeout must be >= 0");
+  if (timeout == absl::ZeroDuration() && command != "find" && command != "watch") {
+    timeout = kDefaultUnaryTimeout;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = Credentials();
+  if (!credentials.ok()) return Usage(std::string(credentials.status().message()));
+  auto stub =
+      mm::Matchmaker::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), *credentials));
   grpc::ClientContext ctx;
-  if (const absl::Duration timeout = absl::GetFlag(FLAGS_timeout); timeout > absl::ZeroDuration()) {
+  if (timeout > absl::ZeroDuration() && timeout != absl::InfiniteDuration()) {
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   }
   watcher.Start(&ctx);

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -116,6 +117,38 @@ TEST(SecurityTest, MutualTlsRequiresAClientCertificateFromTheCa) {
   without_cert.pem_root_certs = certs.pem("ca.pem");
   auto anonymous = StubWith(ts.address(), grpc::SslCredentials(without_cert));
   EXPECT_EQ(ListQueues(*anonymous).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// matchctl's exit status for `queues` against `address` with `flags`.
+int MatchctlQueues(const std::string& address, const std::string& flags) {
+  const std::string command = std::string(MATCHCTL_PATH) + " --server " + address + " " + flags +
+                              " queues >/dev/null 2>&1";
+  const int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(SecurityTest, MatchctlSpeaksTlsAndMutualTls) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok());
+  TestServerOptions options;
+  options.tls_cert_file = certs.path("server.pem");
+  options.tls_key_file = certs.path("server.key");
+  options.tls_client_ca_file = certs.path("ca.pem");
+  grpc::SslCredentialsOptions with_cert;
+  with_cert.pem_root_certs = certs.pem("ca.pem");
+  with_cert.pem_private_key = certs.pem("client.key");
+  with_cert.pem_cert_chain = certs.pem("client.pem");
+  options.channel_credentials = grpc::SslCredentials(with_cert);
+  TestServer ts(options);
+  // The certificate names localhost.
+  const std::string address = "localhost:" + std::to_string(ts.server().port());
+  const std::string ca = "--tls_ca " + certs.path("ca.pem");
+  const std::string client =
+      " --tls_cert " + certs.path("client.pem") + " --tls_key " + certs.path("client.key");
+  EXPECT_EQ(MatchctlQueues(address, ca + client), 0);
+  EXPECT_EQ(MatchctlQueues(address, ca), 1);  // no client certificate: refused
+  EXPECT_EQ(MatchctlQueues(address, ""), 1);  // plaintext: refused
+  EXPECT_EQ(MatchctlQueues(address, "--tls_cert " + certs.path("client.pem")), 2);  // usage
 }
 
 TEST(SecurityTest, BadTlsFilesAreRefusedAtStart) {
