@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -173,6 +174,106 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
 
 absl::string_view DefaultConfigJson() { return kDefaultConfig; }
 
+// What protobuf's JSON parser lets through, checked on the text it accepted:
+// a key given twice in one object (the last one won, or two lists were
+// joined), and a single value or an object where the schema has a list
+// (taken as a list of one).
+class JsonShape {
+ public:
+  explicit JsonShape(absl::string_view text) : text_(text) {}
+
+  absl::Status Check(const google::protobuf::Descriptor* root) {
+    return Value(root, /*repeated=*/false, "the file");
+  }
+
+ private:
+  using Field = google::protobuf::FieldDescriptor;
+
+  void Space() {
+    while (pos_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[pos_]))) ++pos_;
+  }
+  char Peek() {
+    Space();
+    return pos_ < text_.size() ? text_[pos_] : '\0';
+  }
+  std::string String() {  // at the opening quote; the raw text, escapes kept
+    const size_t start = ++pos_;
+    while (pos_ < text_.size() && text_[pos_] != '"') pos_ += text_[pos_] == '\\' ? 2 : 1;
+    return std::string(text_.substr(start, std::min(pos_, text_.size()) - start));
+  }
+
+  // A value at `where`; `message` is its schema when it is an object of
+  // one (nullptr: any object), `repeated` when the schema wants a list.
+  absl::Status Value(const google::protobuf::Descriptor* message, bool repeated,
+                     const std::string& where) {
+    const char c = Peek();
+    if (repeated) {
+      if (c != '[') return absl::InvalidArgumentError(absl::StrCat(where, " must be a list"));
+      ++pos_;
+      for (int i = 0; Peek() != ']' && pos_ < text_.size(); ++i) {
+        if (absl::Status st = Value(message, false, absl::StrCat(where, "[", i, "]")); !st.ok()) {
+          return st;
+        }
+        if (Peek() == ',') ++pos_;
+      }
+      ++pos_;
+      return absl::OkStatus();
+    }
+    if (c == '{') return Object(message, where);
+    if (c == '[') {  // a list where no schema asks for one (in a map's value, say)
+      return Value(nullptr, true, where);
+    }
+    if (c == '"') {
+      String();
+      ++pos_;
+      return absl::OkStatus();
+    }
+    while (pos_ < text_.size() && !std::strchr(",}] \t\r\n", text_[pos_])) ++pos_;
+    return absl::OkStatus();
+  }
+
+  absl::Status Object(const google::protobuf::Descriptor* message, const std::string& where) {
+    ++pos_;
+    std::set<std::string> keys;
+    while (Peek() == '"') {
+      const std::string key = String();
+      ++pos_;
+      const Field* field = nullptr;
+      if (message != nullptr) {
+        for (int i = 0; i < message->field_count() && field == nullptr; ++i) {
+          const Field* f = message->field(i);
+          if (f->json_name() == key || f->name() == key) field = f;
+        }
+      }
+      // A field may be named in camelCase or snake_case: either is the field.
+      if (!keys.insert(field != nullptr ? field->json_name() : key).second) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, " gives \"", field != nullptr ? field->json_name() : key, "\" twice"));
+      }
+      if (Peek() == ':') ++pos_;
+      const std::string inner =
+          where == "the file" ? key : absl::StrCat(where, ".", key);
+      absl::Status st;
+      if (field == nullptr) {
+        st = Value(nullptr, false, inner);
+      } else if (field->is_map()) {
+        st = Value(nullptr, false, inner);  // an object of any keys, checked for twins
+      } else {
+        const bool own_schema = field->type() == Field::TYPE_MESSAGE &&
+                                field->message_type()->file()->package() != "google.protobuf";
+        st = Value(own_schema ? field->message_type() : nullptr, field->is_repeated(), inner);
+      }
+      if (!st.ok()) return st;
+      if (Peek() == ',') ++pos_;
+    }
+    if (Peek() == '}') ++pos_;
+    return absl::OkStatus();
+  }
+
+  const absl::string_view text_;
+  size_t pos_ = 0;
+};
+
 absl::StatusOr<std::vector<QueueSettings>> ParseConfig(absl::string_view json) {
   cfg::ServerConfig config;
   google::protobuf::util::JsonParseOptions options;
@@ -183,6 +284,9 @@ absl::StatusOr<std::vector<QueueSettings>> ParseConfig(absl::string_view json) {
     return absl::InvalidArgumentError(
         absl::StrCat("config is not valid JSON for matchd.config.v1.ServerConfig: ",
                      parsed.message().as_string()));
+  }
+  if (absl::Status shape = JsonShape(json).Check(cfg::ServerConfig::descriptor()); !shape.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", shape.message()));
   }
   if (config.queues_size() == 0) {
     return absl::InvalidArgumentError("config: at least one queue is required");

@@ -938,6 +938,34 @@ TEST(ConfigTest, LimitsAndDurationsAreBounded) {
               HasSubstr("min_players must be 0: a match of 2 players has no partial lobby"));
 }
 
+// protobuf's JSON parser takes the last of two equal keys, joins two lists
+// and reads a single value as a list of one: a typo must not pass that way.
+TEST(ConfigTest, KeysGivenTwiceAndValuesThatAreNoListAreRefused) {
+  auto error = [](const std::string& json) {
+    auto parsed = ParseConfig(json);
+    return parsed.ok() ? std::string("ok") : std::string(parsed.status().message());
+  };
+  const std::string q = R"("name": "q", "teamCount": 2, "teamSize": 1)";
+  EXPECT_EQ(error(R"({"queues": [{)" + q + R"(, "teamSize": 5}]})"),
+            "config: queues[0] gives \"teamSize\" twice");
+  EXPECT_EQ(error(R"({"queues": [{)" + q + R"(}], "queues": [{"name": "r", "teamCount": 2,
+                                                               "teamSize": 1}]})"),
+            "config: the file gives \"queues\" twice");
+  EXPECT_EQ(error(R"({"queues": {)" + q + R"(}})"), "config: queues must be a list");
+  EXPECT_EQ(error(R"({"queues": [{)" + q + R"(, "matchAttributes": "mode"}]})"),
+            "config: queues[0].matchAttributes must be a list");
+  EXPECT_EQ(error(R"({"queues": [{)" + q + R"(, "latency": {"regions": ["eu"], "maxMs": 5,
+                                                           "maxMs": 50}}]})"),
+            "config: queues[0].latency gives \"maxMs\" twice");
+  // Keys and brackets inside strings are text, and snake_case names are keys too.
+  EXPECT_EQ(error(R"({"queues": [{)" + q + R"(, "description": "a \"teamSize\": [{, }",
+                                           "max_wait": "30s", "latency": {"regions": ["eu", "us"],
+                                           "maxMs": 50}}]})"),
+            "ok");
+  EXPECT_EQ(error(R"({"queues": [{)" + q + R"(, "max_wait": "30s", "maxWait": "20s"}]})"),
+            "config: queues[0] gives \"maxWait\" twice");
+}
+
 TEST(ConfigTest, ConfigFileMustBeARegularFileOfJson) {
   EXPECT_EQ(LoadConfig("/tmp").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(LoadConfig("/tmp").status().message()),
