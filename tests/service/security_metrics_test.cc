@@ -351,8 +351,8 @@ TEST(MetricsTest, EachLoopCountsItsOwnRpcsAndACollectSumsThem) {
   std::thread scraper([&] {
     double last = 0;
     while (writing.load()) {
-      const auto* ok = Find(metrics.Collect(), "matchd_rpcs_total",
-                            {{"method", "FindMatch"}, {"code", "OK"}});
+      const auto families = metrics.Collect();
+      const auto* ok = Find(families, "matchd_rpcs_total", {{"method", "FindMatch"}, {"code", "OK"}});
       ASSERT_NE(ok, nullptr);
       EXPECT_GE(ok->counter.value, last);
       last = ok->counter.value;
