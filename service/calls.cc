@@ -346,7 +346,10 @@ class HealthWatchCall final {
   }
   void OnDone(bool /*ok*/) {
     done_ = true;
-    if (!finished_) runtime_->metrics->RecordRpc(loop_->index(), Rpc::kHealthWatch, grpc::StatusCode::CANCELLED);
+    if (!finished_) {
+      runtime_->metrics->RecordRpc(loop_->index(), Rpc::kHealthWatch,
+                                   grpc::StatusCode::CANCELLED);
+    }
     MaybeDelete();
   }
   void MaybeDelete() {
@@ -630,8 +633,12 @@ void StreamCall::OnDone(bool /*ok*/) {
         ctx_.deadline() <= std::chrono::system_clock::now() + kDeadlineSlack;
     const DetachReason reason =
         deadline_passed ? DetachReason::kCallerDeadline : DetachReason::kCallEnded;
-    runtime_->metrics->RecordRpc(loop_->index(), rpc(), deadline_passed ? grpc::StatusCode::DEADLINE_EXCEEDED
-                                                        : grpc::StatusCode::CANCELLED);
+    // A Close issued already (its Finish waiting behind a write) was counted.
+    if (!close_requested_) {
+      runtime_->metrics->RecordRpc(loop_->index(), rpc(),
+                                   deadline_passed ? grpc::StatusCode::DEADLINE_EXCEEDED
+                                                   : grpc::StatusCode::CANCELLED);
+    }
     QueueRuntime* queue = runtime_->queues[queue_index_].get();
     queue->loop()->Post(
         [queue, link = link_, reason] { queue->OnStreamEnded(link.get(), reason); });

@@ -74,7 +74,8 @@ ABSL_FLAG(uint64_t, after_seq, 0, "watch: resume after this event seq.");
 
 namespace {
 
-constexpr char kUsage[] = R"(usage: matchctl [--server HOST:PORT] [--json] [--timeout D] [--tls_ca FILE] COMMAND ...
+constexpr char kUsage[] = R"(usage: matchctl [--server HOST:PORT] [--json] [--timeout D] [--tls_ca FILE]
+                COMMAND ...
 commands:
   find   --queue Q --player ID[:RATING[:REGION=MS,...]] ... [--attr K=V ...]
          find a match on a held stream; prints each event (Ctrl-C withdraws)

@@ -107,8 +107,9 @@ absl::Status CheckOptions(const ServerOptions& options) {
   }
   if (options.heartbeat_interval < absl::Milliseconds(100) ||
       options.heartbeat_interval > absl::Hours(1)) {
-    return absl::InvalidArgumentError(absl::StrCat("heartbeat interval must be in [100ms, 1h], got ",
-                                                   absl::FormatDuration(options.heartbeat_interval)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("heartbeat interval must be in [100ms, 1h], got ",
+                     absl::FormatDuration(options.heartbeat_interval)));
   }
   if (options.queued_delay < absl::ZeroDuration() ||
       options.queued_delay > options.heartbeat_interval) {

@@ -202,7 +202,8 @@ class MatchdTest(unittest.TestCase):
                        'WatchTicket'):
             path = '/matchmaking.v1.Matchmaker/' + method
             if method in ('FindMatch', 'WatchTicket'):
-                rpc = lambda req, timeout: list(self.channel.unary_stream(path)(req, timeout=timeout))
+                stream = self.channel.unary_stream(path)
+                rpc = lambda req, timeout, stream=stream: list(stream(req, timeout=timeout))
             else:
                 rpc = self.channel.unary_unary(path)
             with self.assertRaises(grpc.RpcError) as cm:

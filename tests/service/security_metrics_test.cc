@@ -352,7 +352,8 @@ TEST(MetricsTest, EachLoopCountsItsOwnRpcsAndACollectSumsThem) {
     double last = 0;
     while (writing.load()) {
       const auto families = metrics.Collect();
-      const auto* ok = Find(families, "matchd_rpcs_total", {{"method", "FindMatch"}, {"code", "OK"}});
+      const auto* ok =
+          Find(families, "matchd_rpcs_total", {{"method", "FindMatch"}, {"code", "OK"}});
       ASSERT_NE(ok, nullptr);
       EXPECT_GE(ok->counter.value, last);
       last = ok->counter.value;
