@@ -479,7 +479,13 @@ void QueueRuntime::Detach(const StreamLink* link, DetachReason reason) {
     Finish(t, mm::Ticket::CANCELLED, "the FindMatch call was closed", grpc::Status::OK);
     return;
   }
-  if (!in_pool_callback_) pool_.Remove(t.key);
+  if (!in_pool_callback_) {
+    pool_.Remove(t.key);
+    // The walk around an anchor takes the nearest tickets that fit: one that
+    // leaves can let two others complete a group now. Remove marks them due;
+    // the timer runs the pool.
+    ArmPoolTimer(now);
+  }
   t.state = mm::Ticket::DETACHED;
   t.detail = absl::StrCat("the FindMatch call was closed; re-attach with WatchTicket within ",
                           absl::FormatDuration(settings_.reattach_grace));
@@ -624,7 +630,10 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
                           const grpc::Status& stream_status, grpc::ByteBuffer* last) {
   const absl::Time now = runtime_->clock->Now();
   if (t.active()) {
-    if (t.state == mm::Ticket::QUEUED && !in_pool_callback_) pool_.Remove(t.key);
+    if (t.state == mm::Ticket::QUEUED && !in_pool_callback_) {
+      pool_.Remove(t.key);
+      ArmPoolTimer(now);  // a departure can complete another group (see Detach)
+    }
     ReleasePlayers(t);  // (a matched ticket's players left in OnMatched)
     --active_;
     runtime_->active_tickets.fetch_sub(1);
@@ -776,6 +785,10 @@ void QueueRuntime::RunPool(bool trim) {
   in_pool_callback_ = false;
   PublishCounts();
   if (trim) TrimRetired();
+  ArmPoolTimer(now);
+}
+
+void QueueRuntime::ArmPoolTimer(absl::Time now) {
   const absl::Time wake = pool_.NextWakeup();
   if (wake == pool_timer_at_) return;
   loop_->CancelTimer(pool_timer_);

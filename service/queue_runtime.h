@@ -95,6 +95,9 @@ class QueueRuntime final : private matcher::PoolListener {
   // drop the finished tickets beyond the retention cap (a caller that still
   // reads a ticket that may have just ended trims after).
   void RunPool(bool trim = true);
+  // (Re)arms the timer that runs the pool at its next wakeup (at once if
+  // that has passed).
+  void ArmPoolTimer(absl::Time now);
   // Moves a ticket to a terminal state: leaves the pool, frees its players,
   // ends its stream with `stream_status` (if attached) and schedules removal.
   void Finish(Ticket& t, State state, std::string detail, const grpc::Status& stream_status,

@@ -461,6 +461,37 @@ TEST(ServerTest, PollingFlowCreateGetCancel) {
   EXPECT_EQ(ts.GetTicket(c2.ticket_id()).state(), mm::Ticket::QUEUED);
 }
 
+// The walk around an anchor takes the nearest tickets that fit, so a solo
+// ticket can keep two duos that fit each other apart. When it leaves, they
+// match at once, not at the next arrival (the queue has no widening timer).
+TEST(ServerTest, ATicketThatLeavesLetsTheOthersMatchAtOnce) {
+  TestServerOptions options;
+  options.config_json = R"json({"queues": [
+      {"name": "pairs", "teamCount": 2, "teamSize": 2, "maxPartySize": 2,
+       "rating": {"initialWindow": 164}, "maxWait": "60s"}]})json";
+  TestServer ts(options);
+  auto create = [&](std::vector<mm::Player> party) {
+    mm::Ticket t;
+    EXPECT_TRUE(CreateTicket(ts.stub(), "pairs", std::move(party), &t).ok());
+    ts.Advance(absl::Seconds(1));  // an order of arrival
+    return t.ticket_id();
+  };
+  const std::string solo = create({MakePlayer("s1", 1042)});
+  const std::string duo1 = create({MakePlayer("a1", 1048), MakePlayer("a2", 1048)});
+  create({MakePlayer("s2", 1214)});
+  const std::string duo2 = create({MakePlayer("b1", 1041), MakePlayer("b2", 1041)});
+  // Every group the walk finds takes the solo at 1042 and then s2 at 1214:
+  // 172 Elo or more, over the window.
+  EXPECT_EQ(ts.GetTicket(duo1).state(), mm::Ticket::QUEUED);
+  EXPECT_EQ(ts.GetTicket(duo2).state(), mm::Ticket::QUEUED);
+  mm::Ticket t;
+  ASSERT_TRUE(CancelTicket(ts.stub(), solo, &t).ok());
+  const mm::Ticket matched = ts.WaitUntilNot(duo1, mm::Ticket::QUEUED);
+  EXPECT_EQ(matched.state(), mm::Ticket::MATCHED);
+  EXPECT_EQ(ts.GetTicket(duo2).state(), mm::Ticket::MATCHED);
+  EXPECT_EQ(matched.match().quality().rating_spread(), 7) << matched.DebugString();
+}
+
 // The reply of the CreateTicket that completes a match carries the match,
 // even when the retention cap drops the ticket as soon as it ends.
 TEST(ServerTest, CreateTicketThatCompletesAMatchRepliesWithItWithoutRetention) {
