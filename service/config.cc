@@ -183,7 +183,7 @@ class JsonShape {
   explicit JsonShape(absl::string_view text) : text_(text) {}
 
   absl::Status Check(const google::protobuf::Descriptor* root) {
-    return Value(root, /*repeated=*/false, "the file");
+    return Value(root, /*repeated=*/false, "");
   }
 
  private:
@@ -202,8 +202,9 @@ class JsonShape {
     return std::string(text_.substr(start, std::min(pos_, text_.size()) - start));
   }
 
-  // A value at `where`; `message` is its schema when it is an object of
-  // one (nullptr: any object), `repeated` when the schema wants a list.
+  // A value at `where` (a path like queues[0].latency; empty: the file);
+  // `message` is its schema when it is an object of one (nullptr: any
+  // object), `repeated` when the schema wants a list.
   absl::Status Value(const google::protobuf::Descriptor* message, bool repeated,
                      const std::string& where) {
     const char c = Peek();
@@ -246,23 +247,20 @@ class JsonShape {
         }
       }
       // A field may be named in camelCase or snake_case: either is the field.
-      if (!keys.insert(field != nullptr ? field->json_name() : key).second) {
+      const std::string& name = field != nullptr ? field->json_name() : key;
+      if (!keys.insert(name).second) {
         return absl::InvalidArgumentError(absl::StrCat(
-            where, " gives \"", field != nullptr ? field->json_name() : key, "\" twice"));
+            where.empty() ? "the file" : where, " gives \"", name, "\" twice"));
       }
       if (Peek() == ':') ++pos_;
-      const std::string inner =
-          where == "the file" ? key : absl::StrCat(where, ".", key);
-      absl::Status st;
-      if (field == nullptr) {
-        st = Value(nullptr, false, inner);
-      } else if (field->is_map()) {
-        st = Value(nullptr, false, inner);  // an object of any keys, checked for twins
-      } else {
-        const bool own_schema = field->type() == Field::TYPE_MESSAGE &&
-                                field->message_type()->file()->package() != "google.protobuf";
-        st = Value(own_schema ? field->message_type() : nullptr, field->is_repeated(), inner);
-      }
+      const std::string inner = where.empty() ? key : absl::StrCat(where, ".", key);
+      // A map is an object of any keys (still checked for twins); well-known
+      // types (a Duration is a string) have no schema to walk.
+      const bool schema = field != nullptr && !field->is_map() &&
+                          field->type() == Field::TYPE_MESSAGE &&
+                          field->message_type()->file()->package() != "google.protobuf";
+      absl::Status st = Value(schema ? field->message_type() : nullptr,
+                              field != nullptr && !field->is_map() && field->is_repeated(), inner);
       if (!st.ok()) return st;
       if (Peek() == ',') ++pos_;
     }
