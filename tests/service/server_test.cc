@@ -461,21 +461,29 @@ TEST(ServerTest, PollingFlowCreateGetCancel) {
   EXPECT_EQ(ts.GetTicket(c2.ticket_id()).state(), mm::Ticket::QUEUED);
 }
 
-// The walk around an anchor takes the nearest tickets that fit, so a solo
-// ticket can keep two duos that fit each other apart. When it leaves, they
-// match at once, not at the next arrival (the queue has no widening timer).
-TEST(ServerTest, ATicketThatLeavesLetsTheOthersMatchAtOnce) {
+// A 2v2 queue with a fixed window: no timer ever runs its pool.
+TestServerOptions PairsOptions() {
   TestServerOptions options;
   options.config_json = R"json({"queues": [
       {"name": "pairs", "teamCount": 2, "teamSize": 2, "maxPartySize": 2,
        "rating": {"initialWindow": 164}, "maxWait": "60s"}]})json";
-  TestServer ts(options);
-  auto create = [&](std::vector<mm::Player> party) {
-    mm::Ticket t;
-    EXPECT_TRUE(CreateTicket(ts.stub(), "pairs", std::move(party), &t).ok());
-    ts.Advance(absl::Seconds(1));  // an order of arrival
-    return t.ticket_id();
-  };
+  return options;
+}
+
+// A polling ticket in "pairs"; then a second passes (an order of arrival).
+std::string CreateAndStep(TestServer& ts, std::vector<mm::Player> party) {
+  mm::Ticket t;
+  EXPECT_TRUE(CreateTicket(ts.stub(), "pairs", std::move(party), &t).ok());
+  ts.Advance(absl::Seconds(1));
+  return t.ticket_id();
+}
+
+// The walk around an anchor takes the nearest tickets that fit, so a solo
+// ticket can keep two duos that fit each other apart. When it leaves, they
+// match at once, not at the next arrival (the queue has no widening timer).
+TEST(ServerTest, ATicketThatLeavesLetsTheOthersMatchAtOnce) {
+  TestServer ts(PairsOptions());
+  auto create = [&](std::vector<mm::Player> party) { return CreateAndStep(ts, party); };
   const std::string solo = create({MakePlayer("s1", 1042)});
   const std::string duo1 = create({MakePlayer("a1", 1048), MakePlayer("a2", 1048)});
   create({MakePlayer("s2", 1214)});
@@ -490,6 +498,23 @@ TEST(ServerTest, ATicketThatLeavesLetsTheOthersMatchAtOnce) {
   EXPECT_EQ(matched.state(), mm::Ticket::MATCHED);
   EXPECT_EQ(ts.GetTicket(duo2).state(), mm::Ticket::MATCHED);
   EXPECT_EQ(matched.match().quality().rating_spread(), 7) << matched.DebugString();
+}
+
+// The same when the solo's FindMatch call is dropped (the ticket detaches).
+TEST(ServerTest, ADroppedCallLetsTheOthersMatchAtOnce) {
+  TestServer ts(PairsOptions());
+  auto solo = EventStream::Find(ts.stub(), "pairs", {MakePlayer("s1", 1042)});
+  ASSERT_TRUE(solo->Expect().has_queued());
+  ts.Advance(absl::Seconds(1));
+  auto create = [&](std::vector<mm::Player> party) { return CreateAndStep(ts, party); };
+  const std::string duo1 = create({MakePlayer("a1", 1048), MakePlayer("a2", 1048)});
+  create({MakePlayer("s2", 1214)});
+  const std::string duo2 = create({MakePlayer("b1", 1041), MakePlayer("b2", 1041)});
+  EXPECT_EQ(ts.GetTicket(duo1).state(), mm::Ticket::QUEUED);
+  solo->Cancel();
+  solo->Finish();
+  EXPECT_EQ(ts.WaitUntilNot(duo1, mm::Ticket::QUEUED).state(), mm::Ticket::MATCHED);
+  EXPECT_EQ(ts.GetTicket(duo2).state(), mm::Ticket::MATCHED);
 }
 
 // The reply of the CreateTicket that completes a match carries the match,
