@@ -954,7 +954,9 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
   // group: what it meets on the way (a ticket the latency limit keeps out
   // now) decides when to look again, and that must not depend on tickets
   // outside the anchor's reach.
-  // Players of the partition seen, and how many the latency limit kept out.
+  // Players seen who could meet the anchor (of its partition, allowed by the
+  // custom rule, able to play in the region), and how many of them the
+  // latency limit keeps out now.
   int seen = anchor.spec.party_size;
   int kept_out = 0;
   double nearest_kept_out = kInfinity;  // the lowest latency kept out
@@ -964,15 +966,16 @@ Pool::Impl::Evaluation Pool::Impl::EvaluateIn(const Ticket& anchor, absl::Time n
     const TicketSpec& spec = ticket.spec;
     // Only Explain() can meet such a ticket: Process() expires it first.
     if (spec.expires_at <= now) return false;
-    seen += spec.party_size;
     if (rules.custom_rule != nullptr && !rules.custom_rule->Compatible(anchor.spec, spec)) {
       // Kept apart by the studio's rule: as if not there.
     } else if (region >= 0 && spec.latency_ms[region] == TicketSpec::kUnreachable) {
-      // Never plays there, however far the limit widens.
+      // Never plays there, however far the limit widens: as if not there.
     } else if (region >= 0 && spec.latency_ms[region] > limit) {
+      seen += spec.party_size;
       kept_out += spec.party_size;
       nearest_kept_out = std::min<double>(nearest_kept_out, spec.latency_ms[region]);
     } else {
+      seen += spec.party_size;
       TryAdd(ticket);
     }
     return group_players == need;

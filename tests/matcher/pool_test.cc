@@ -618,6 +618,22 @@ TEST(PoolTest, NoLimitAdmitsATicketToARegionItCannotReach) {
   EXPECT_EQ(listener.matches[0].max_latency_ms, 9000);
 }
 
+// Tickets that can never meet (no region in common) are not players "here"
+// that merely fail to pack into teams.
+TEST(PoolTest, TicketsWithNoRegionInCommonAreNotEnoughPlayers) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 10, /*cap=*/150), &listener);
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {10, -1, -1})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {-1, 10, -1})).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  for (TicketKey key : {1, 2}) {
+    const Explanation e = pool.Explain(key, kT0 + absl::Seconds(1));
+    EXPECT_EQ(e.blocker, Blocker::kNotEnoughPlayers) << key;
+    EXPECT_FALSE(e.acceptable_at.has_value()) << key;
+  }
+}
+
 TEST(PoolTest, TicketWithoutAReachableRegionIsRefused) {
   RecordingListener listener;
   Pool pool(WithRegions(Rated(2, 1, 1, 100, 0), 60, 0), &listener);
