@@ -1586,11 +1586,12 @@ Explanation Pool::Explain(TicketKey key, absl::Time now) const {
       explanation.blocker = Blocker::kNone;
       break;
   }
-  // No full match: a partial lobby may start once partial_after ends.
+  // No full match yet: a partial lobby may start once partial_after ends,
+  // sooner than the full group (whatever blocks that one).
   const absl::Time partial_from = ticket.spec.enqueued_at + rules_.partial_after;
   if (rules_.min_players > 0 && now < partial_from && ticket.spec.expires_at > partial_from &&
-      (explanation.blocker == Blocker::kNotEnoughPlayers ||
-       explanation.blocker == Blocker::kTeamPacking)) {
+      explanation.blocker != Blocker::kNone &&
+      explanation.acceptable_at.value_or(absl::InfiniteFuture()) > partial_from) {
     Impl& impl = *impl_;
     if (impl.Evaluate(ticket, partial_from, impl.LivePlayersAt(partial_from)).outcome ==
         Impl::Outcome::kAccepted) {

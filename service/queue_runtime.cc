@@ -828,6 +828,9 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
     return absl::FormatDuration(absl::Ceil(in, absl::Seconds(1)));
   };
   const matcher::Explanation e = pool_.Explain(t.key, now);
+  // A partial lobby starts first: acceptable_at is its start, not the full
+  // group's, which the reason then names without a time.
+  const bool partial = e.partial_players > 0 && e.acceptable_at.has_value();
   *s->mutable_waited() = ToProtoDuration(e.waited);
   s->set_rating_window(settings_.rules.rated ? e.window : 0);
   s->set_players_waiting(static_cast<uint32_t>(e.players_waiting));
@@ -848,7 +851,12 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
     case matcher::Blocker::kLatency: {
       s->set_blocked_by(mm::Searching::LATENCY);
       const std::string region = e.region >= 0 ? settings_.regions[e.region] : "any region";
-      if (e.acceptable_at.has_value()) {
+      if (partial) {
+        s->set_reason(absl::StrFormat(
+            "the closest group's best region is %s with a worst latency of %.0f ms, over the "
+            "limit of %.0f ms",
+            region, e.worst_latency_ms, e.latency_limit_ms));
+      } else if (e.acceptable_at.has_value()) {
         s->set_reason(absl::StrFormat(
             "the closest group's best region is %s with a worst latency of %.0f ms; the limit "
             "is %.0f ms now and covers it in about %s",
@@ -864,7 +872,11 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
     case matcher::Blocker::kCustomRule: {
       s->set_blocked_by(mm::Searching::CUSTOM_RULE);
       const std::string rule(settings_.rules.custom_rule->name());
-      if (e.acceptable_at.has_value()) {
+      if (partial) {
+        s->set_reason(absl::StrFormat(
+            "the closest group spans %.0f rating and the %s rule adds %.0f",
+            e.best_spread, rule, e.penalty));
+      } else if (e.acceptable_at.has_value()) {
         s->set_reason(absl::StrFormat(
             "the closest group spans %.0f rating and the %s rule adds %.0f; the window covers "
             "it in about %s",
@@ -879,7 +891,9 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
     }
     case matcher::Blocker::kRatingSpread:
       s->set_blocked_by(mm::Searching::RATING_SPREAD);
-      if (e.acceptable_at.has_value()) {
+      if (partial) {
+        s->set_reason(absl::StrFormat("the closest full group spans %.0f rating", e.best_spread));
+      } else if (e.acceptable_at.has_value()) {
         s->set_reason(absl::StrFormat(
             "the closest group spans %.0f rating; the window at the group's mean wait covers "
             "it in about %s",
@@ -892,8 +906,8 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
       }
       break;
   }
-  if (e.partial_players > 0 && e.acceptable_at.has_value()) {
-    // Not enough for a full match, but a partial lobby can start.
+  if (partial) {
+    // No full match yet, but a partial lobby can start.
     s->set_reason(absl::StrCat(s->reason(), "; a lobby of ", e.partial_players,
                                " can start in about ", expect(e)));
   }

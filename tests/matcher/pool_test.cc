@@ -659,6 +659,27 @@ TEST(PoolTest, FreeForAllWithRegionsFillsFromOneRegion) {
   EXPECT_EQ(listener.matches[0].region, 0);
 }
 
+// A full group held back by its rating spread: the partial lobby that
+// starts sooner is what the ticket can expect.
+TEST(PoolTest, ExplainNamesThePartialLobbyWhenTheFullGroupIsTooWide) {
+  RecordingListener listener;
+  // Free-for-all of 4; window 50 + 10/s; a lobby of 2 after 2 s.
+  Pool pool(Partial(Rated(4, 1, 1, 50, 10), 2, absl::Seconds(2)), &listener);
+  TicketKey key = 1;
+  for (double rating : {1500, 1510, 1900, 2300}) {
+    ASSERT_TRUE(pool.Add(Ticket(key++, rating, kT0)).ok());
+  }
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  const Explanation e = pool.Explain(1, kT0 + absl::Milliseconds(500));
+  EXPECT_EQ(e.blocker, Blocker::kRatingSpread);  // of the full group
+  EXPECT_EQ(e.acceptable_at, kT0 + absl::Seconds(2));
+  EXPECT_EQ(e.partial_players, 2);
+  pool.Process(kT0 + absl::Seconds(2));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(1, 2));
+}
+
 TEST(PoolTest, FreeForAllStartsWithFewerTeamsAfterPartialAfter) {
   RecordingListener listener;
   Pool pool(Partial(Unrated(8, 1, 1), 4, absl::Seconds(30)), &listener);

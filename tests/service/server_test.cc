@@ -517,6 +517,34 @@ TEST(ServerTest, ADroppedCallLetsTheOthersMatchAtOnce) {
   EXPECT_EQ(ts.GetTicket(duo2).state(), mm::Ticket::MATCHED);
 }
 
+// A searching event names the partial lobby that starts before the full
+// group's window allows it, and says when.
+TEST(ServerTest, SearchingNamesAPartialLobbyBeforeAWideFullGroup) {
+  TestServerOptions options;
+  options.config_json = R"json({"queues": [
+      {"name": "ffa", "teamCount": 4, "teamSize": 1, "minPlayers": 2, "partialAfter": "2s",
+       "rating": {"initialWindow": 50, "widenPerSecond": 10}, "maxWait": "60s"}]})json";
+  TestServer ts(options);
+  std::string first;
+  for (double rating : {1500, 1510, 1900, 2300}) {
+    mm::Ticket t;
+    ASSERT_TRUE(
+        CreateTicket(ts.stub(), "ffa", {MakePlayer(absl::StrCat("p", rating), rating)}, &t).ok());
+    if (first.empty()) first = t.ticket_id();
+  }
+  auto watch = EventStream::Watch(ts.stub(), first, 1);
+  const mm::MatchEvent ev = watch->Expect();
+  ASSERT_TRUE(ev.has_searching()) << ev.DebugString();
+  EXPECT_EQ(ev.searching().blocked_by(), mm::Searching::RATING_SPREAD);
+  EXPECT_EQ(ev.searching().expected_wait().seconds(), 2);
+  EXPECT_EQ(ev.searching().reason(),
+            "the closest full group spans 800 rating; a lobby of 2 can start in about 2s");
+  ts.Advance(absl::Seconds(2));
+  EXPECT_TRUE(watch->Finish().ok());
+  EXPECT_TRUE(watch->events().back().has_matched());
+  EXPECT_EQ(watch->events().back().matched().match().teams_size(), 2);
+}
+
 // The reply of the CreateTicket that completes a match carries the match,
 // even when the retention cap drops the ticket as soon as it ends.
 TEST(ServerTest, CreateTicketThatCompletesAMatchRepliesWithItWithoutRetention) {
