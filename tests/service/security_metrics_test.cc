@@ -99,9 +99,9 @@ TEST(SecurityTest, TlsServesTlsClientsAndRefusesPlaintext) {
   EXPECT_EQ(ListQueues(*plain).error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
-TEST(SecurityTest, MutualTlsRequiresAClientCertificateFromTheCa) {
-  Certificates certs;
-  ASSERT_TRUE(certs.ok());
+// A server that requires client certificates from the test CA, and a test
+// client that has one.
+TestServerOptions MutualTlsOptions(const Certificates& certs) {
   TestServerOptions options;
   options.tls_cert_file = certs.path("server.pem");
   options.tls_key_file = certs.path("server.key");
@@ -111,7 +111,13 @@ TEST(SecurityTest, MutualTlsRequiresAClientCertificateFromTheCa) {
   with_cert.pem_private_key = certs.pem("client.key");
   with_cert.pem_cert_chain = certs.pem("client.pem");
   options.channel_credentials = grpc::SslCredentials(with_cert);
-  TestServer ts(options);
+  return options;
+}
+
+TEST(SecurityTest, MutualTlsRequiresAClientCertificateFromTheCa) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok());
+  TestServer ts(MutualTlsOptions(certs));
   EXPECT_TRUE(ListQueues(ts.stub()).ok());
   grpc::SslCredentialsOptions without_cert;
   without_cert.pem_root_certs = certs.pem("ca.pem");
@@ -130,16 +136,7 @@ int MatchctlQueues(const std::string& address, const std::string& flags) {
 TEST(SecurityTest, MatchctlSpeaksTlsAndMutualTls) {
   Certificates certs;
   ASSERT_TRUE(certs.ok());
-  TestServerOptions options;
-  options.tls_cert_file = certs.path("server.pem");
-  options.tls_key_file = certs.path("server.key");
-  options.tls_client_ca_file = certs.path("ca.pem");
-  grpc::SslCredentialsOptions with_cert;
-  with_cert.pem_root_certs = certs.pem("ca.pem");
-  with_cert.pem_private_key = certs.pem("client.key");
-  with_cert.pem_cert_chain = certs.pem("client.pem");
-  options.channel_credentials = grpc::SslCredentials(with_cert);
-  TestServer ts(options);
+  TestServer ts(MutualTlsOptions(certs));
   // The certificate names localhost.
   const std::string address = "localhost:" + std::to_string(ts.server().port());
   const std::string ca = "--tls_ca " + certs.path("ca.pem");
