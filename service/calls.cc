@@ -6,7 +6,6 @@
 #include <variant>
 
 #include <grpcpp/support/proto_buffer_reader.h>
-#include <grpcpp/support/proto_buffer_writer.h>
 
 #include "absl/strings/str_cat.h"
 #include "service/queue_runtime.h"
@@ -103,11 +102,9 @@ class UnaryCall final : public Responder<Response> {
       grpc::Status serialized =
           grpc::SerializationTraits<Response>::Serialize(response, &bytes, &own_buffer);
       if (!serialized.ok()) return Fail(serialized);
-      runtime_->metrics->RecordRpc(loop_->index(), rpc_, grpc::StatusCode::OK);
-      responder_.Finish(bytes, grpc::Status::OK, finished_tag_.Arm());
+      FinishOk(bytes);
     } else {
-      runtime_->metrics->RecordRpc(loop_->index(), rpc_, grpc::StatusCode::OK);
-      responder_.Finish(response, grpc::Status::OK, finished_tag_.Arm());
+      FinishOk(response);
     }
   }
   void Fail(const grpc::Status& status) override {
@@ -155,6 +152,10 @@ class UnaryCall final : public Responder<Response> {
     }
   }
   void OnFinished(bool /*ok*/) { delete this; }
+  void FinishOk(const WireResponse& response) {
+    runtime_->metrics->RecordRpc(loop_->index(), rpc_, grpc::StatusCode::OK);
+    responder_.Finish(response, grpc::Status::OK, finished_tag_.Arm());
+  }
 
   LiveCallToken token_;
   Runtime* const runtime_;
