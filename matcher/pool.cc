@@ -1,6 +1,7 @@
 #include "matcher/pool.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -437,6 +438,7 @@ struct Pool::Impl {
   absl::Time LatencyAdmitAt(double latency, const Ticket& ticket, absl::Time now);
   int64_t NowNanos(absl::Time now);
   int LivePlayersAt(absl::Time now) const;
+  int PlayersInReach(const Ticket& anchor, absl::Time now, int up_to, int* region) const;
   Ticket* PopDue(absl::Time now);
   void SetRetry(Ticket& anchor, std::optional<absl::Time> at);
 
@@ -730,6 +732,57 @@ int Pool::Impl::LivePlayersAt(absl::Time now) const {
     live -= tickets.at(it->second).spec.party_size;
   }
   return live;
+}
+
+// The players `anchor` could ever be matched with, itself included, counted
+// up to `up_to`: the tickets of its partition that have not expired by `now`,
+// that the custom rule allows and, with latency rules, that can play in one
+// region with it, however far the limit widens: in the region where most
+// can, which `*region` names (-1 without latency rules).
+int Pool::Impl::PlayersInReach(const Ticket& anchor, absl::Time now, int up_to,
+                               int* region) const {
+  std::array<int, QueueRules::kMaxRegions> in_region{};
+  const int regions = std::max(rules.region_count, 1);
+  int most = 0;
+  *region = -1;
+  auto count = [&](int r, int players) {
+    in_region[r] += players;
+    if (in_region[r] > most) {
+      most = in_region[r];
+      if (rules.region_count > 0) *region = r;
+    }
+  };
+  for (int r = 0; r < regions; ++r) {
+    if (rules.region_count == 0 || anchor.spec.latency_ms[r] != TicketSpec::kUnreachable) {
+      count(r, anchor.spec.party_size);
+    }
+  }
+  auto visit = [&](const Ticket& ticket) {
+    const TicketSpec& spec = ticket.spec;
+    if (&ticket == &anchor || spec.expires_at <= now) return;
+    if (rules.custom_rule != nullptr && !rules.custom_rule->Compatible(anchor.spec, spec)) return;
+    for (int r = 0; r < regions; ++r) {
+      if (rules.region_count > 0 && (anchor.spec.latency_ms[r] == TicketSpec::kUnreachable ||
+                                     spec.latency_ms[r] == TicketSpec::kUnreachable)) {
+        continue;
+      }
+      count(r, spec.party_size);
+    }
+  };
+  // A partition's tickets, in whichever index the queue keeps them.
+  const uint64_t partition = anchor.spec.partition;
+  if (rules.rated) {
+    for (auto it = by_rating.lower_bound({partition, -kInfinity, 0});
+         most < up_to && it != by_rating.end() && std::get<0>(it->first) == partition; ++it) {
+      visit(*it->second);
+    }
+  } else {
+    for (auto it = by_enqueue.lower_bound({partition, absl::InfinitePast(), 0});
+         most < up_to && it != by_enqueue.end() && std::get<0>(it->first) == partition; ++it) {
+      visit(*it->second);
+    }
+  }
+  return std::min(most, up_to);
 }
 
 void Pool::Impl::ResetGroup() {
@@ -1585,6 +1638,32 @@ Explanation Pool::Explain(TicketKey key, absl::Time now) const {
     case Impl::Outcome::kAccepted:
       explanation.blocker = Blocker::kNone;
       break;
+  }
+  int reach_region = -1;
+  explanation.players_in_reach =
+      impl_->PlayersInReach(ticket, now, explanation.players_needed, &reach_region);
+  if (explanation.blocker != Blocker::kNone &&
+      explanation.players_in_reach < explanation.players_needed) {
+    // However long it waits, too few players can play with this ticket for a
+    // full match (a lone ticket over the latency limit is told that, not
+    // when the limit covers it).
+    explanation.blocker = Blocker::kNotEnoughPlayers;
+    explanation.acceptable_at.reset();
+    explanation.region = -1;
+    explanation.worst_latency_ms = 0;
+    explanation.best_spread = 0;
+    explanation.penalty = 0;
+  } else if (explanation.blocker == Blocker::kNotEnoughPlayers && reach_region >= 0 &&
+             ticket.spec.latency_ms[reach_region] > explanation.latency_limit_ms) {
+    // Enough players can play with it in a region where its own latency is
+    // over the limit now (in the regions within the limit too few can): the
+    // limit is what keeps it waiting, until it covers the ticket there.
+    const uint16_t own = ticket.spec.latency_ms[reach_region];
+    explanation.blocker = Blocker::kLatency;
+    explanation.region = reach_region;
+    explanation.worst_latency_ms = own;
+    const absl::Time at = impl_->LatencyAdmitAt(own, ticket, now);
+    if (at != absl::InfiniteFuture()) explanation.acceptable_at = at;
   }
   // No full match yet: a partial lobby may start once partial_after ends,
   // sooner than the full group (whatever blocks that one).

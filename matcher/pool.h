@@ -162,6 +162,10 @@ struct Explanation {
   double initial_window = 0; // this ticket's own initial window (see wait_cost)
   int players_waiting = 0;   // in the whole pool
   int players_needed = 0;    // players_per_match
+  // The players this ticket could ever be matched with, itself included (its
+  // match attributes, allowed by the custom rule, sharing a region), counted
+  // up to players_needed: below it, the blocker is kNotEnoughPlayers.
+  int players_in_reach = 0;
   Blocker blocker = Blocker::kNotEnoughPlayers;
   double best_spread = 0;    // kRatingSpread, kCustomRule: spread of the closest full group
   double penalty = 0;        // kCustomRule: what the rule adds to that spread

@@ -840,8 +840,16 @@ mm::MatchEvent QueueRuntime::SearchingEvent(Ticket& t) {
       break;
     case matcher::Blocker::kNotEnoughPlayers:
       s->set_blocked_by(mm::Searching::NOT_ENOUGH_PLAYERS);
-      s->set_reason(absl::StrCat("waiting for players: ", e.players_waiting, " of the ",
-                                 e.players_needed, " a match needs are here"));
+      if (e.players_in_reach == e.players_waiting) {
+        s->set_reason(absl::StrCat("waiting for players: ", e.players_waiting, " of the ",
+                                   e.players_needed, " a match needs are here"));
+      } else {
+        // The others have other match attributes, share no region with it
+        // or are kept apart by the custom rule.
+        s->set_reason(absl::StrCat("waiting for players: ", e.players_in_reach, " of the ",
+                                   e.players_needed, " a match needs can play with this ticket (",
+                                   e.players_waiting, " in the queue)"));
+      }
       break;
     case matcher::Blocker::kTeamPacking:
       s->set_blocked_by(mm::Searching::TEAM_PACKING);

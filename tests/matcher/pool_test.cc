@@ -493,6 +493,68 @@ TEST(PoolTest, MatchIsPlacedInARegionWithinTheLimit) {
   EXPECT_EQ(listener.matches[0].max_latency_ms, 45);
 }
 
+TEST(PoolTest, ExplainTellsALoneTicketOverTheLatencyLimitItWaitsForPlayers) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 10), &listener);
+  // Its own latency is over the limit until 4 s, but nobody else is here:
+  // the limit covering it would not make a match.
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {100, -1, -1})).ok());
+  pool.Process(kT0);
+  const Explanation e = pool.Explain(1, kT0 + absl::Seconds(1));
+  EXPECT_EQ(e.blocker, Blocker::kNotEnoughPlayers);
+  EXPECT_EQ(e.acceptable_at, std::nullopt);
+  EXPECT_EQ(e.players_in_reach, 1);
+  // A player who shares no region with it changes nothing.
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {-1, 20, -1})).ok());
+  pool.Process(kT0);
+  EXPECT_EQ(pool.Explain(1, kT0 + absl::Seconds(1)).blocker, Blocker::kNotEnoughPlayers);
+  EXPECT_EQ(pool.Explain(1, kT0 + absl::Seconds(1)).players_waiting, 2);
+  EXPECT_EQ(pool.Explain(1, kT0 + absl::Seconds(1)).players_in_reach, 1);
+  // One who can play there: now the limit is what it waits for.
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(3, 1500, kT0), {20, -1, -1})).ok());
+  pool.Process(kT0);
+  const Explanation latency = pool.Explain(1, kT0 + absl::Seconds(1));
+  EXPECT_EQ(latency.blocker, Blocker::kLatency);
+  EXPECT_EQ(latency.acceptable_at, kT0 + absl::Seconds(4));
+}
+
+TEST(PoolTest, ExplainNamesTheLatencyWhenOnlyAFarRegionHasThePlayers) {
+  RecordingListener listener;
+  Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 10), &listener);
+  // Ticket 1 is within the limit in region 1, where nobody else plays, and
+  // over it (100 ms) in region 0, where ticket 2 does: the limit covers it
+  // there at 4 s.
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {100, 30, -1})).ok());
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(2, 1500, kT0), {20, -1, -1})).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  const Explanation e = pool.Explain(1, kT0 + absl::Seconds(1));
+  EXPECT_EQ(e.blocker, Blocker::kLatency);
+  EXPECT_EQ(e.region, 0);
+  EXPECT_EQ(e.worst_latency_ms, 100);
+  EXPECT_EQ(e.acceptable_at, kT0 + absl::Seconds(4));
+  pool.Process(kT0 + absl::Seconds(4));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_EQ(listener.matches[0].region, 0);
+}
+
+TEST(PoolTest, ExplainCountsOnlyThePlayersATicketCanMeet) {
+  RecordingListener listener;
+  Pool pool(Rated(2, 1, 1, 1000, 0), &listener);
+  TicketSpec lone = Ticket(1, 1500, kT0);
+  lone.partition = 7;
+  ASSERT_TRUE(pool.Add(lone).ok());
+  TicketSpec other = Ticket(2, 1500, kT0);
+  other.partition = 8;
+  ASSERT_TRUE(pool.Add(other).ok());
+  pool.Process(kT0);
+  EXPECT_THAT(listener.matches, IsEmpty());
+  const Explanation e = pool.Explain(1, kT0);
+  EXPECT_EQ(e.blocker, Blocker::kNotEnoughPlayers);
+  EXPECT_EQ(e.players_waiting, 2);
+  EXPECT_EQ(e.players_in_reach, 1);
+}
+
 TEST(PoolTest, PrefersTheRegionWithTheLowestWorstLatency) {
   RecordingListener listener;
   Pool pool(WithRegions(Rated(2, 1, 1, 1000, 0), 60, 0), &listener);

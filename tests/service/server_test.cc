@@ -545,6 +545,33 @@ TEST(ServerTest, SearchingNamesAPartialLobbyBeforeAWideFullGroup) {
   EXPECT_EQ(watch->events().back().matched().match().teams_size(), 2);
 }
 
+// A ticket counts, in its searching reason, only the players it can play
+// with: here the other one wants another mode.
+TEST(ServerTest, SearchingCountsOnlyThePlayersATicketCanMeet) {
+  TestServerOptions options;
+  options.config_json = R"json({"queues": [
+      {"name": "modes", "teamCount": 2, "teamSize": 1, "matchAttributes": ["mode"],
+       "maxWait": "60s"}]})json";
+  TestServer ts(options);
+  std::string first;
+  for (const char* mode : {"ranked", "casual"}) {
+    mm::Player p = MakePlayer(mode);
+    (*p.mutable_attributes())["mode"] = mode;
+    mm::Ticket t;
+    ASSERT_TRUE(CreateTicket(ts.stub(), "modes", {p}, &t).ok());
+    if (first.empty()) first = t.ticket_id();
+  }
+  auto watch = EventStream::Watch(ts.stub(), first, 1);
+  const mm::MatchEvent ev = watch->Expect();
+  ASSERT_TRUE(ev.has_searching()) << ev.DebugString();
+  EXPECT_EQ(ev.searching().blocked_by(), mm::Searching::NOT_ENOUGH_PLAYERS);
+  EXPECT_EQ(ev.searching().players_waiting(), 2u);
+  EXPECT_EQ(ev.searching().reason(),
+            "waiting for players: 1 of the 2 a match needs can play with this ticket (2 in the "
+            "queue)");
+  watch->Cancel();
+}
+
 // The reply of the CreateTicket that completes a match carries the match,
 // even when the retention cap drops the ticket as soon as it ends.
 TEST(ServerTest, CreateTicketThatCompletesAMatchRepliesWithItWithoutRetention) {
