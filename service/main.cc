@@ -14,11 +14,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "service/command_line.h"
 #include "service/config.h"
 #include "service/log.h"
 #include "service/server.h"
@@ -94,11 +93,19 @@ bool WaitForSignal(const sigset_t& signals, absl::Duration timeout, int* sig) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("matchd: a streaming matchmaking server. Flags: --helpfull.");
-  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() > 1) {
+  const matchd::CommandLine command_line = matchd::ParseFlags(argc, argv);
+  if (command_line.help) {
+    std::cout << "usage: matchd [--flag=value ...]: a streaming matchmaking server\nflags:\n";
+    matchd::PrintFlags(std::cout);
+    return 0;
+  }
+  if (!command_line.error.empty()) {
+    matchd::Log(matchd::LogLevel::kError, command_line.error + "; matchd --help lists the flags");
+    return 2;
+  }
+  if (!command_line.positional.empty()) {
     matchd::Log(matchd::LogLevel::kError,
-                std::string("unexpected argument \"") + rest[1] +
+                "unexpected argument \"" + command_line.positional[0] +
                     "\"; matchd takes flags only (the configuration file goes in --config)");
     return 2;
   }

@@ -12,17 +12,13 @@
 #include <atomic>
 #include <csignal>
 #include <cstdint>
-#include <fstream>
 #include <iostream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -31,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
+#include "service/command_line.h"
 
 namespace mm = ::matchmaking::v1;
 
@@ -84,17 +81,9 @@ commands:
   cancel TICKET_ID                                 cancel a ticket
   watch  TICKET_ID [--after_seq N]                 stream a ticket's events
   queues                                           list the queues
-flags: --helpfull lists them all)";
+flags: --help lists them all)";
 
 constexpr absl::Duration kDefaultUnaryTimeout = absl::Seconds(10);
-
-absl::StatusOr<std::string> ReadFile(const char* flag, const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in) return absl::NotFoundError(absl::StrCat("--", flag, ": cannot read ", path));
-  return text.str();
-}
 
 // Plaintext, or TLS with --tls_ca (and a client certificate with --tls_cert).
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials() {
@@ -111,13 +100,13 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials() {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
   grpc::SslCredentialsOptions ssl;
-  absl::StatusOr<std::string> roots = ReadFile("tls_ca", ca);
+  absl::StatusOr<std::string> roots = matchd::ReadPemFile("tls_ca", ca);
   if (!roots.ok()) return roots.status();
   ssl.pem_root_certs = *roots;
   if (!cert.empty()) {
-    absl::StatusOr<std::string> chain = ReadFile("tls_cert", cert);
+    absl::StatusOr<std::string> chain = matchd::ReadPemFile("tls_cert", cert);
     if (!chain.ok()) return chain.status();
-    absl::StatusOr<std::string> private_key = ReadFile("tls_key", key);
+    absl::StatusOr<std::string> private_key = matchd::ReadPemFile("tls_key", key);
     if (!private_key.ok()) return private_key.status();
     ssl.pem_cert_chain = *chain;
     ssl.pem_private_key = *private_key;
@@ -343,6 +332,7 @@ class InterruptWatcher {
       }
     });
   }
+  bool interrupted() const { return interrupted_; }
   // Returns whether SIGINT arrived.
   bool Stop() {
     if (thread_.joinable()) {
@@ -370,22 +360,51 @@ int Done(const grpc::Status& status, InterruptWatcher* watcher) {
   return 1;
 }
 
+// Prints each event; `*ticket_id` is the ticket's id once an event named it.
 template <typename Event>
-grpc::Status Stream(std::unique_ptr<grpc::ClientReader<Event>> reader) {
+grpc::Status Stream(std::unique_ptr<grpc::ClientReader<Event>> reader, std::string* ticket_id) {
   Event ev;
-  while (reader->Read(&ev)) PrintEvent(ev);
+  while (reader->Read(&ev)) {
+    *ticket_id = ev.ticket_id();
+    PrintEvent(ev);
+  }
   return reader->Finish();
+}
+
+// After Ctrl-C on `find`: closing the call leaves the ticket waiting for the
+// queue's re-attach grace (the player cannot queue again until it ends), so
+// it is cancelled outright.
+void Withdraw(mm::Matchmaker::Stub* stub, const std::string& ticket_id) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + kDefaultUnaryTimeout));
+  mm::CancelTicketRequest request;
+  request.set_ticket_id(ticket_id);
+  mm::Ticket ticket;
+  const grpc::Status status = stub->CancelTicket(&ctx, request, &ticket);
+  if (status.ok()) {
+    std::cerr << "matchctl: ticket " << ticket_id << " withdrawn" << std::endl;
+  } else {
+    std::cerr << "matchctl: withdrawing ticket " << ticket_id
+              << " failed: " << CodeName(status.error_code()) << ": " << status.error_message()
+              << std::endl;
+  }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   InterruptWatcher watcher;  // first, before any thread exists
-  absl::SetProgramUsageMessage(kUsage);
-  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() < 2) return Usage("no command given");
-  const std::string command = positional[1];
-  const std::vector<std::string> args(positional.begin() + 2, positional.end());
+  const matchd::CommandLine command_line = matchd::ParseFlags(argc, argv);
+  if (command_line.help) {
+    std::cout << kUsage << "\nflags:\n";
+    matchd::PrintFlags(std::cout);
+    return 0;
+  }
+  if (!command_line.error.empty()) return Usage(command_line.error);
+  const std::vector<std::string>& positional = command_line.positional;
+  if (positional.empty()) return Usage("no command given");
+  const std::string command = positional[0];
+  const std::vector<std::string> args(positional.begin() + 1, positional.end());
   const auto want_args = [&](size_t n, const char* what) -> std::string {
     if (args.size() == n) return "";
     return absl::StrCat(command, " takes ", n == 0 ? "no arguments" : what, ", got ", args.size(),
@@ -409,6 +428,16 @@ int main(int argc, char** argv) {
   } else {
     error = absl::StrCat("unknown command \"", command, "\"");
   }
+  // A flag meant for another command is a mistake, not something to ignore.
+  const bool joins = command == "find" || command == "create";
+  if (error.empty() && !joins &&
+      (!absl::GetFlag(FLAGS_queue).empty() || !absl::GetFlag(FLAGS_player).values.empty() ||
+       !absl::GetFlag(FLAGS_attr).values.empty())) {
+    error = absl::StrCat(command, " takes no --queue, --player or --attr");
+  }
+  if (error.empty() && command != "watch" && absl::GetFlag(FLAGS_after_seq) != 0) {
+    error = absl::StrCat(command, " takes no --after_seq");
+  }
   if (!error.empty()) return Usage(error);
 
   if (absl::GetFlag(FLAGS_server).empty()) return Usage("--server must name host:port");
@@ -429,12 +458,15 @@ int main(int argc, char** argv) {
 
   grpc::Status status;
   if (command == "find") {
-    status = Stream(stub->FindMatch(&ctx, find));
+    std::string ticket_id;
+    status = Stream(stub->FindMatch(&ctx, find), &ticket_id);
+    if (watcher.interrupted() && !ticket_id.empty()) Withdraw(stub.get(), ticket_id);
   } else if (command == "watch") {
     mm::WatchTicketRequest request;
     request.set_ticket_id(args[0]);
     request.set_after_seq(absl::GetFlag(FLAGS_after_seq));
-    status = Stream(stub->WatchTicket(&ctx, request));
+    std::string ticket_id;
+    status = Stream(stub->WatchTicket(&ctx, request), &ticket_id);
   } else if (command == "queues") {
     mm::ListQueuesResponse response;
     status = stub->ListQueues(&ctx, mm::ListQueuesRequest(), &response);

@@ -317,6 +317,20 @@ class MatchdCommandLineTest(unittest.TestCase):
         self.assertEqual(done.returncode, 2, done.stderr)
         self.assertIn('bad --drain_delay', done.stderr)
 
+    def test_an_unknown_flag_or_unparsable_value_is_bad_usage(self):
+        done = self.run_matchd('--thread', '2')
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn('unknown flag --thread', done.stderr)
+        done = self.run_matchd('--threads=two')
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn("Illegal value 'two' specified for flag 'threads'", done.stderr)
+
+    def test_help_lists_the_flags_and_exits_zero(self):
+        done = self.run_matchd('--help')
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn('--drain_timeout (default: ', done.stdout)
+        self.assertNotIn('--flagfile', done.stdout)
+
     def test_a_port_file_that_cannot_be_written_stops_the_server(self):
         tmp = tempfile.mkdtemp(prefix='matchd_e2e_')
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)

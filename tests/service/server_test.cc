@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1271,6 +1272,71 @@ TEST(ServerTest, FrozenClientsTicketLeavesWithinTheKeepaliveTimeout) {
   waitpid(child, nullptr, 0);
   close(out[0]);
   EXPECT_EQ(ticket.state(), mm::Ticket::DETACHED);
+}
+
+// Runs matchctl with `args`, its output thrown away, and returns its exit
+// status (-1 if it did not exit).
+int RunMatchctl(std::vector<std::string> args) {
+  const pid_t child = fork();
+  if (child == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, STDOUT_FILENO);
+    dup2(null, STDERR_FILENO);
+    std::vector<char*> argv = {const_cast<char*>("matchctl")};
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    execv(MATCHCTL_PATH, argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+TEST(ServerTest, MatchctlExitsTwoForBadUsageAndZeroForHelp) {
+  TestServer ts;
+  EXPECT_EQ(RunMatchctl({"--server", ts.address(), "queues"}), 0);
+  EXPECT_EQ(RunMatchctl({"--help"}), 0);
+  EXPECT_EQ(RunMatchctl({"--server", ts.address(), "--bogus", "queues"}), 2);
+  EXPECT_EQ(RunMatchctl({"--server", ts.address(), "--timeout=abc", "queues"}), 2);
+  // A flag the command does not take.
+  EXPECT_EQ(RunMatchctl({"--server", ts.address(), "--queue", "duel", "queues"}), 2);
+  EXPECT_EQ(RunMatchctl({"--server", ts.address(), "--tls_ca", "/dev/null", "queues"}), 2);
+  EXPECT_EQ(RunMatchctl({"--server", ts.address(), "get", "00000000000000000000000000000000"}),
+            1);  // NOT_FOUND: a gRPC error
+}
+
+TEST(ServerTest, MatchctlFindWithdrawsTheTicketOnCtrlC) {
+  TestServer ts;
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    execl(MATCHCTL_PATH, "matchctl", "--server", ts.address().c_str(), "find", "--queue", "duel",
+          "--player", "quitter:1500", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string line;
+  char c;
+  while (read(out[0], &c, 1) == 1 && c != '\n') line.push_back(c);
+  const size_t at = line.find("ticket ");
+  ASSERT_NE(at, std::string::npos) << line;
+  const std::string id = line.substr(at + 7, 32);
+  ASSERT_EQ(kill(child, SIGINT), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  close(out[0]);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  // Cancelled, not left detached for the re-attach grace: the player can
+  // queue again at once.
+  EXPECT_EQ(ts.GetTicket(id).state(), mm::Ticket::CANCELLED);
+  mm::Ticket again;
+  EXPECT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("quitter", 1500)}, &again).ok());
 }
 
 }  // namespace
