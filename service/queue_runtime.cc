@@ -155,10 +155,15 @@ QueueRuntime::Ticket* QueueRuntime::NewTicket() {
 }
 
 grpc::Status QueueRuntime::TicketNotFound(const std::string& ticket_id) const {
-  return grpc::Status(
-      grpc::StatusCode::NOT_FOUND,
+  std::string message =
       absl::StrCat("ticket ", ticket_id, " not found: unknown, or it ended more than ",
-                   absl::FormatDuration(runtime_->limits.ticket_retention), " ago"));
+                   absl::FormatDuration(runtime_->limits.ticket_retention), " ago");
+  if (retained_capped_) {
+    absl::StrAppend(&message, " or was among the oldest of more than ",
+                    runtime_->limits.max_retained_tickets,
+                    " finished tickets this queue keeps (--max_retained_tickets)");
+  }
+  return grpc::Status(grpc::StatusCode::NOT_FOUND, message);
 }
 
 void QueueRuntime::PublishCounts() {
@@ -199,9 +204,13 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
     custom = *data;
   }
   if (active_ >= settings_.max_waiting_tickets) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("queue \"", settings_.name, "\" is full (", active_,
-                     " tickets waiting, its configured maximum); retry later"));
+    // Detached tickets (held for re-attach) count too, though they are not
+    // in the pool's, or ListQueues', waiting counts.
+    const int detached = active_ - static_cast<int>(pool_.tickets_waiting());
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "queue \"", settings_.name, "\" is full (", active_, " tickets, its configured maximum",
+        detached > 0 ? absl::StrCat(": ", detached, " of them detached, held for re-attach") : "",
+        "); retry later"));
   }
   const int64_t limit = runtime_->limits.max_waiting_tickets;
   if (runtime_->active_tickets.fetch_add(1) >= limit) {
@@ -325,9 +334,12 @@ void QueueRuntime::CreateTicket(mm::CreateTicketRequest request, Responder<mm::T
   Ticket& t = **admitted;
   ScheduleLease(t, now + settings_.poll_ttl);
   // Match first: the ticket that completes a match learns it in this reply
-  // rather than one poll later. Retention may drop it as soon as it ends, so
-  // the reply is built before.
+  // rather than one poll later, and (as on a FindMatch) `matched` is its
+  // first event, seq 1. Retention may drop it as soon as it ends, so the
+  // reply is built before.
+  t.seq = 0;
   RunPool(/*trim=*/false);
+  if (t.state == mm::Ticket::QUEUED) t.seq = 1;  // the `queued` event
   responder->Reply(ToProto(t));
   TrimRetired();
 }
@@ -413,12 +425,21 @@ void QueueRuntime::WatchTicket(const std::string& ticket_id, uint64_t after_seq,
       break;
   }
   Attach(t, std::move(link));
-  if (after_seq < 1) {
-    t.seq = std::max<uint64_t>(t.seq, 1);  // a FindMatch ticket may not have been told yet
-    t.link->Send(EventBytes(QueuedEvent(t, 1)));
-  }
-  t.link->Send(EventBytes(SearchingEvent(t)));
+  // Match first: a re-attached ticket may complete a match at once, and its
+  // `matched` then ends the call; a searching event before it would name no
+  // blocker. By key from here: a ticket that ended may be gone.
+  const TicketKey key = t.key;
   RunPool();
+  Ticket* waiting = Lookup(key);
+  if (waiting == nullptr || waiting->state != mm::Ticket::QUEUED || waiting->link == nullptr) {
+    return;
+  }
+  if (after_seq < 1) {
+    // A FindMatch ticket may not have been told yet.
+    waiting->seq = std::max<uint64_t>(waiting->seq, 1);
+    waiting->link->Send(EventBytes(QueuedEvent(*waiting, 1)));
+  }
+  waiting->link->Send(EventBytes(SearchingEvent(*waiting)));
 }
 
 matcher::TicketSpec QueueRuntime::Spec(const Ticket& t) {
@@ -695,6 +716,7 @@ void QueueRuntime::EraseTicket(TicketKey key) {
 void QueueRuntime::TrimRetired() {
   const size_t cap = static_cast<size_t>(runtime_->limits.max_retained_tickets);
   while (retired_.entries.size() > cap) {
+    retained_capped_ = true;
     EraseTicket(retired_.entries.front().key);
     retired_.entries.pop_front();
   }

@@ -207,6 +207,9 @@ class QueueRuntime final : private matcher::PoolListener {
   // True while pool_.Process runs: the pool must not be called back then.
   bool in_pool_callback_ = false;
   int active_ = 0;  // tickets QUEUED or DETACHED
+  // Finished tickets dropped before ticket_retention ended, to keep
+  // max_retained_tickets (NOT_FOUND then says so).
+  bool retained_capped_ = false;
 
   std::atomic<uint32_t> tickets_waiting_{0};
   std::atomic<uint32_t> players_waiting_{0};

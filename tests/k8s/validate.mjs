@@ -83,7 +83,7 @@ function flags(argv) {
   return out;
 }
 
-// The flags the matchd binary knows (--flags FILE, from its --helpfull).
+// The flags the matchd binary knows (--flags FILE, from its --help).
 const knownFlags = args.flags ? new Set(fs.readFileSync(args.flags, "utf8").split("\n").filter(Boolean)) : null;
 function checkFlagsKnown(where, argv) {
   if (!knownFlags) return;

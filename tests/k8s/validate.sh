@@ -5,7 +5,7 @@
 #   tests/k8s/validate.sh [--matchd PATH/TO/matchd]
 #
 # With --matchd, every flag that the manifests and the Dockerfile's CMD pass
-# is also checked against that binary's --helpfull (a flag it does not know
+# is also checked against that binary's --help (a flag it does not know
 # would crash-loop the pods).
 #
 # 1. Renders k8s/base, k8s/overlays/dev and k8s/overlays/prod with
@@ -126,8 +126,8 @@ echo "== yamllint: ${#yamls[@]} files clean"
 extra=()
 [ "${#kubectls[@]}" -gt 1 ] && extra+=(--compare "$out/1")
 if [ -n "$matchd" ]; then
-  { "$matchd" --helpfull 2>&1 || true; } | sed -nE 's/^    --([a-z0-9_]+) .*/\1/p' | sort -u > "$out/flags"
-  [ -s "$out/flags" ] || die "$matchd --helpfull listed no flags"
+  { "$matchd" --help 2>&1 || true; } | sed -nE 's/^  --([a-z0-9_]+) \(default: .*/\1/p' | sort -u > "$out/flags"
+  [ -s "$out/flags" ] || die "$matchd --help listed no flags"
   extra+=(--flags "$out/flags")
 fi
 status=0
