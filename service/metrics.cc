@@ -22,7 +22,8 @@ std::vector<double> WaitBuckets() {
   return {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600};
 }
 std::vector<double> RatingBuckets() {
-  return {1, 5, 10, 25, 50, 100, 200, 300, 500, 800, 1200, 2000};
+  // 0 first: unrated queues and identical ratings give exactly 0.
+  return {0, 1, 5, 10, 25, 50, 100, 200, 300, 500, 800, 1200, 2000};
 }
 std::vector<double> LagBuckets() { return {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1}; }
 
@@ -102,6 +103,9 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
                       "Tickets that reached a terminal state, by outcome.", MetricType::Counter);
   auto waiting =
       Family("matchd_tickets_waiting", "Tickets waiting in a queue's pool now.", MetricType::Gauge);
+  auto max_wait = Family("matchd_queue_max_wait_seconds",
+                         "The queue's maxWait: the longest a ticket waits for a match.",
+                         MetricType::Gauge);
   auto matches = Family("matchd_matches_total", "Matches formed.", MetricType::Counter);
   auto wait = Family("matchd_ticket_wait_seconds", "Time from a ticket's creation to its match.",
                      MetricType::Histogram);
@@ -131,6 +135,9 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
     prometheus::ClientMetric w = Labelled({{"queue", name}});
     w.gauge.value = q.waiting.Value();
     waiting.metric.push_back(std::move(w));
+    prometheus::ClientMetric m = Labelled({{"queue", name}});
+    m.gauge.value = q.max_wait_seconds.Value();
+    max_wait.metric.push_back(std::move(m));
     matches.metric.push_back(counter({{"queue", name}}, q.matches.Value()));
     wait.metric.push_back(histogram({{"queue", name}}, q.wait_seconds));
     spread.metric.push_back(histogram({{"queue", name}}, q.rating_spread));
@@ -154,7 +161,7 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
   }
 
   std::vector<prometheus::MetricFamily> families;
-  for (auto* family : {&created, &ended, &waiting, &matches, &wait, &spread, &gap, &rpcs, &lag}) {
+  for (auto* family : {&created, &ended, &waiting, &max_wait, &matches, &wait, &spread, &gap, &rpcs, &lag}) {
     families.push_back(std::move(*family));
   }
   return families;

@@ -89,6 +89,7 @@ class Metrics final : public prometheus::Collectable {
     OwnedCounter cancelled;
     OwnedCounter expired;
     OwnedGauge waiting;
+    OwnedGauge max_wait_seconds;  // the queue's maxWait, set once
     OwnedCounter matches;
     OwnedHistogram wait_seconds;
     OwnedHistogram rating_spread;

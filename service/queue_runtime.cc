@@ -100,7 +100,9 @@ QueueRuntime::QueueRuntime(int index, QueueSettings settings, Runtime* runtime, 
       loop_(loop),
       pool_(settings_.rules, this),
       rng_(std::random_device{}()),
-      metrics_(&runtime->metrics->queue(index)) {}
+      metrics_(&runtime->metrics->queue(index)) {
+  metrics_->max_wait_seconds.Set(absl::ToDoubleSeconds(settings_.rules.max_wait));
+}
 
 QueueRuntime::~QueueRuntime() = default;
 

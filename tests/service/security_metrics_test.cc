@@ -316,6 +316,9 @@ TEST(MetricsTest, PrometheusEndpointCountsTicketsMatchesAndRpcs) {
   EXPECT_EQ(Sample(text, "matchd_tickets_waiting", {duel}), 1);
   EXPECT_EQ(Sample(text, "matchd_ticket_wait_seconds_count", {duel}), 2);
   EXPECT_EQ(Sample(text, "matchd_match_rating_spread_sum", {duel}), 40);
+  EXPECT_EQ(Sample(text, "matchd_match_rating_spread_bucket", {duel, "le=\"0\""}), 0);
+  EXPECT_EQ(Sample(text, "matchd_match_rating_spread_bucket", {duel, "le=\"50\""}), 1);
+  EXPECT_EQ(Sample(text, "matchd_queue_max_wait_seconds", {duel}), 60);
   EXPECT_EQ(Sample(text, "matchd_rpcs_total", {"method=\"FindMatch\"", "code=\"OK\""}), 2);
   EXPECT_EQ(Sample(text, "matchd_rpcs_total", {"method=\"FindMatch\"", "code=\"NOT_FOUND\""}),
             1);
