@@ -211,22 +211,8 @@ void HandleListQueues(Runtime* rt, const mm::ListQueuesRequest& /*request*/,
                       Responder<mm::ListQueuesResponse>* responder) {
   mm::ListQueuesResponse response;
   for (const auto& queue : rt->queues) {
-    const QueueSettings& s = queue->settings();
     mm::QueueInfo* info = response.add_queues();
-    info->set_name(s.name);
-    info->set_description(s.description);
-    info->set_team_count(s.rules.team_count);
-    info->set_team_size(s.rules.team_size);
-    info->set_max_party_size(s.rules.max_party_size);
-    info->set_rated(s.rules.rated);
-    *info->mutable_max_wait() = ToProtoDuration(s.rules.max_wait);
-    for (const std::string& region : s.regions) info->add_regions(region);
-    for (const std::string& key : s.match_attributes) info->add_match_attributes(key);
-    if (s.rules.custom_rule != nullptr) info->set_custom_rule(std::string(s.rules.custom_rule->name()));
-    if (s.rules.min_players > 0) {
-      info->set_min_players(s.rules.min_players);
-      *info->mutable_partial_after() = ToProtoDuration(s.rules.partial_after);
-    }
+    *info = QueueInfoOf(queue->settings());
     info->set_tickets_waiting(queue->tickets_waiting());
     info->set_players_waiting(queue->players_waiting());
     info->set_matches_formed(queue->matches_formed());

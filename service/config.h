@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "matcher/pool.h"
+#include "matchmaking/v1/matchmaking.pb.h"
 
 namespace matchd {
 
@@ -28,11 +29,15 @@ struct QueueSettings {
   std::vector<std::string> match_attributes;
 };
 
+// What ListQueues says of a queue, without its live counts.
+matchmaking::v1::QueueInfo QueueInfoOf(const QueueSettings& settings);
+
 // The embedded default configuration (config/default.json), as JSON text.
 absl::string_view DefaultConfigJson();
 
 // Parses and validates configuration JSON. INVALID_ARGUMENT with the field at
-// fault (e.g. `queues[1] ("squad"): team_size must be >= 1`).
+// fault (e.g. `queues[1] ("squad"): team_size must be >= 1`), or when the
+// queues would not fit in a ListQueues reply a client accepts (4 MiB).
 absl::StatusOr<std::vector<QueueSettings>> ParseConfig(absl::string_view json);
 
 // Reads `path` and parses it; an empty path means the embedded default.

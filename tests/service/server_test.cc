@@ -1105,6 +1105,26 @@ TEST(ConfigTest, LimitsAndDurationsAreBounded) {
               HasSubstr("min_players must be 0: a match of 2 players has no partial lobby"));
 }
 
+// Queues whose ListQueues reply a client could not receive (over 4 MiB)
+// are refused when the configuration loads.
+TEST(ConfigTest, QueuesMustFitInAListQueuesReply) {
+  auto config = [](int queues) {
+    std::string json = R"({"queues": [)";
+    for (int i = 0; i < queues; ++i) {
+      absl::StrAppend(&json, i > 0 ? "," : "", R"({"name": "q)", i,
+                      R"(", "teamCount": 2, "teamSize": 1, "description": ")",
+                      std::string(1000, 'd'), "\"}");
+    }
+    return ParseConfig(json + "]}");
+  };
+  EXPECT_TRUE(config(3000).ok());
+  const auto refused = config(4500);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("the 4500 queues make a ListQueues reply of up to"));
+}
+
 // protobuf's JSON parser takes the last of two equal keys, joins two lists
 // and reads a single value as a list of one: a typo must not pass that way.
 TEST(ConfigTest, KeysGivenTwiceAndValuesThatAreNoListAreRefused) {
