@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include <google/protobuf/unknown_field_set.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -252,7 +254,14 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
     EraseTicket(t.key);
     return added;
   }
-  for (const mm::Player& p : t.players) players_[p.id()] = t.key;
+  for (mm::Player& p : t.players) {
+    players_[p.id()] = t.key;
+    // Fields this version does not know (a newer client's, or padding) would
+    // ride along in the ticket to every member of its match and to
+    // GetTicket: a caller's bytes forwarded to other callers.
+    const google::protobuf::Reflection* reflection = p.GetReflection();
+    if (!reflection->GetUnknownFields(p).empty()) reflection->MutableUnknownFields(&p)->Clear();
+  }
   ++active_;
   t.queued_players_waiting = static_cast<uint32_t>(pool_.players_waiting());
   if (LogEnabled(LogLevel::kDebug)) {

@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <google/protobuf/unknown_field_set.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -608,6 +609,34 @@ TEST(ServerTest, NotFoundNamesTheRetentionCapOnceItDroppedTickets) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(s.error_message(), HasSubstr("oldest of more than 1 finished tickets"));
   EXPECT_EQ(ts.GetTicket(ids[2]).state(), mm::Ticket::CANCELLED);
+}
+
+// Fields a player carries that this version does not know are not kept, so
+// not forwarded to the other members of its match.
+TEST(ServerTest, UnknownFieldsOfAPlayerAreNotForwarded) {
+  TestServer ts;
+  mm::Player padded = MakePlayer("padded", 1500);
+  padded.GetReflection()->MutableUnknownFields(&padded)->AddLengthDelimited(
+      99, std::string(10000, 'x'));
+  mm::Ticket waiting;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {padded}, &waiting).ok());
+  auto no_unknown = [](const mm::Player& p) {
+    return p.GetReflection()->GetUnknownFields(p).empty();
+  };
+  EXPECT_TRUE(no_unknown(waiting.players(0)));
+  auto other = EventStream::Find(ts.stub(), "duel", {MakePlayer("other", 1500)});
+  ASSERT_TRUE(other->Finish().ok());
+  const mm::Match& match = other->events().back().matched().match();
+  int seen = 0;
+  for (const mm::Team& team : match.teams()) {
+    for (const mm::Player& p : team.players()) {
+      EXPECT_TRUE(no_unknown(p)) << p.id();
+      ++seen;
+    }
+  }
+  EXPECT_EQ(seen, 2);
+  EXPECT_LT(other->events().back().ByteSizeLong(), 1000u);
+  EXPECT_TRUE(no_unknown(ts.GetTicket(waiting.ticket_id()).players(0)));
 }
 
 // A polling ticket that completes a match on arrival, like a FindMatch
