@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <google/protobuf/stubs/logging.h>
 #include <grpc/support/log.h>
 
 #include <atomic>
@@ -94,8 +95,21 @@ void GrpcLog(gpr_log_func_args* args) {
       {{"source", "grpc"}, {"file", args->file}, {"line", args->line}});
 }
 
+// protobuf logs a request's invalid UTF-8 as an ERROR: a caller's mistake,
+// which the caller already gets as INVALID_ARGUMENT, at the caller's rate.
+// Debug level, then; only FATAL (protobuf aborts after it) is an error.
+void ProtobufLog(google::protobuf::LogLevel severity, const char* file, int line,
+                 const std::string& message) {
+  const LogLevel level =
+      severity == google::protobuf::LOGLEVEL_FATAL ? LogLevel::kError : LogLevel::kDebug;
+  Log(level, message, {{"source", "protobuf"}, {"file", file}, {"line", line}});
+}
+
 }  // namespace
 
-void RouteGrpcLogs() { gpr_set_log_function(&GrpcLog); }
+void RouteGrpcLogs() {
+  gpr_set_log_function(&GrpcLog);
+  google::protobuf::SetLogHandler(&ProtobufLog);
+}
 
 }  // namespace matchd

@@ -42,7 +42,8 @@ using LogField = std::pair<absl::string_view, LogValue>;
 
 void Log(LogLevel level, absl::string_view msg, std::initializer_list<LogField> fields = {});
 
-// Routes gRPC's own log lines through Log, so that every line is JSON.
+// Routes gRPC's and protobuf's own log lines through Log, so that every line
+// is JSON.
 void RouteGrpcLogs();
 
 }  // namespace matchd

@@ -14,6 +14,7 @@ RPC replies only; it never sleeps.
 
 import argparse
 import importlib
+import json
 import math
 import os
 import shutil
@@ -86,10 +87,13 @@ class MatchdTest(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix='matchd_e2e_')
         self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
         port_file = os.path.join(self.tmp, 'port')
+        self.stderr_path = os.path.join(self.tmp, 'stderr')
+        self.stderr = open(self.stderr_path, 'w')
+        self.addCleanup(self.stderr.close)
         self.proc = subprocess.Popen([
             ARGS.matchd, '--listen', '127.0.0.1:0', '--port_file', port_file,
             '--heartbeat', '1s', '--drain_delay', '1s', '--drain_spread', '1s'
-        ])
+        ], stderr=self.stderr)
         self.addCleanup(self._stop_server)
         # Waiting for a process to start: a bounded poll on the port file,
         # which matchd writes atomically once it is serving.
@@ -210,6 +214,22 @@ class MatchdTest(unittest.TestCase):
                 rpc(b'\xff\xff\xff', timeout=RPC_TIMEOUT)
             self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, method)
             self.assertIn('request is not a valid', cm.exception.details())
+
+    def test_invalid_utf8_is_invalid_argument_and_every_log_line_is_json(self):
+        # CreateTicketRequest{queue: "duel", players: [{id: b"\xc3\x28"}]}: not UTF-8,
+        # which protobuf itself reports through its log.
+        request = b'\x0a\x04duel\x12\x04\x0a\x02\xc3\x28'
+        rpc = self.channel.unary_unary('/matchmaking.v1.Matchmaker/CreateTicket')
+        with self.assertRaises(grpc.RpcError) as cm:
+            rpc(request, timeout=RPC_TIMEOUT)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(timeout=EXIT_TIMEOUT), 0)
+        with open(self.stderr_path) as f:
+            lines = [line for line in f.read().splitlines() if line]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertIsInstance(json.loads(line), dict, line)
 
     def test_unknown_queue(self):
         self.assert_stream_error(self.find('no-such-queue', player('alice', 1500)),
