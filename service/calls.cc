@@ -8,6 +8,7 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include "absl/strings/str_cat.h"
+#include "service/log.h"
 #include "service/queue_runtime.h"
 #include "service/status_util.h"
 #include "service/validation.h"
@@ -469,7 +470,49 @@ StreamCall::StreamCall(Runtime* runtime, EventLoop* loop, Kind kind)
     : token_(runtime), runtime_(runtime), loop_(loop), kind_(kind) {}
 
 StreamCall::~StreamCall() {
+  Unlink();
   if (link_ != nullptr) link_->Unbind();
+}
+
+void StreamCall::Link() {
+  StreamCall*& head = runtime_->streams[loop_->index()];
+  next_ = head;
+  if (head != nullptr) head->prev_ = this;
+  head = this;
+  linked_ = true;
+}
+
+void StreamCall::Unlink() {
+  if (!linked_) return;
+  if (prev_ != nullptr) {
+    prev_->next_ = next_;
+  } else {
+    runtime_->streams[loop_->index()] = next_;
+  }
+  if (next_ != nullptr) next_->prev_ = prev_;
+  linked_ = false;
+}
+
+void StreamCall::Sweep(Runtime* runtime, EventLoop* loop) {
+  for (StreamCall* call = runtime->streams[loop->index()]; call != nullptr; call = call->next_) {
+    const bool pending = (call->write_in_flight_ || call->finish_in_flight_) && !call->done_;
+    if (!pending) {
+      call->pending_at_sweep_ = false;
+      continue;
+    }
+    if (call->pending_at_sweep_ && call->writes_done_ == call->swept_writes_) {
+      // Pending since the sweep before: the caller takes nothing.
+      if (LogEnabled(LogLevel::kDebug)) {
+        Log(LogLevel::kDebug, "a caller's connection takes no events; stream cancelled",
+            {{"peer", call->ctx_.peer()}});
+      }
+      call->ctx_.TryCancel();
+      call->pending_at_sweep_ = false;
+      continue;
+    }
+    call->pending_at_sweep_ = true;
+    call->swept_writes_ = call->writes_done_;
+  }
 }
 
 void StreamCall::Request(Runtime* runtime, EventLoop* loop, Kind kind) {
@@ -492,6 +535,7 @@ void StreamCall::OnRequested(bool ok) {
   Request(runtime_, loop_, kind_);
   state_ = State::kOpen;
   link_ = std::make_shared<StreamLink>(loop_, this);
+  Link();
   Start();
 }
 
@@ -589,6 +633,7 @@ void StreamCall::Pump(grpc::ByteBuffer* next) {
 
 void StreamCall::OnWritten(bool ok) {
   write_in_flight_ = false;
+  ++writes_done_;
   in_flight_.Clear();
   if (!ok) {  // the stream broke; the done notification follows
     outbox_.clear();
@@ -601,6 +646,7 @@ void StreamCall::OnWritten(bool ok) {
 
 void StreamCall::OnFinished(bool /*ok*/) {
   finish_in_flight_ = false;
+  ++writes_done_;
   in_flight_.Clear();
   MaybeDelete();
 }

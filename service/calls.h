@@ -45,6 +45,14 @@ class StreamCall final {
   void Send(grpc::ByteBuffer* event);
   void Close(grpc::Status status, grpc::ByteBuffer* last);
 
+  // On `loop`, every RuntimeLimits::stalled_write_after / 2: cancels the
+  // loop's streams whose write (or final status) made no progress since the
+  // sweep before. A caller that stopped reading (or whose flow-control
+  // window stays shut) would otherwise hold its call, and events queued
+  // behind it, until the connection ends, and its ticket could be matched
+  // with nobody to tell; cancelled, it is handled like a dropped call.
+  static void Sweep(Runtime* runtime, EventLoop* loop);
+
  private:
   enum class State { kRequested, kOpen, kClosing };
 
@@ -61,6 +69,8 @@ class StreamCall final {
   // event (taken); it is queued behind any held ones, or written at once.
   void Pump(grpc::ByteBuffer* next = nullptr);
   void MaybeDelete();
+  void Link();    // into runtime_->streams[loop index]
+  void Unlink();
   Rpc rpc() const { return kind_ == Kind::kFindMatch ? Rpc::kFindMatch : Rpc::kWatchTicket; }
 
   LiveCallToken token_;
@@ -83,6 +93,13 @@ class StreamCall final {
   grpc::Status close_status_;
   bool finish_in_flight_ = false;
   bool done_ = false;
+  // The loop's list of open streams (Sweep).
+  bool linked_ = false;
+  StreamCall* prev_ = nullptr;
+  StreamCall* next_ = nullptr;
+  uint32_t writes_done_ = 0;    // writes and finishes completed
+  uint32_t swept_writes_ = 0;   // writes_done_ at the last sweep that saw one pending
+  bool pending_at_sweep_ = false;
 
   MemberCompletion<StreamCall> requested_tag_{this, &StreamCall::OnRequested};
   MemberCompletion<StreamCall> written_tag_{this, &StreamCall::OnWritten};

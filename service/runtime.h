@@ -48,6 +48,10 @@ struct RuntimeLimits {
   // Finished tickets kept per queue for GetTicket/WatchTicket; beyond it the
   // oldest go before their retention ends, so memory stays bounded at any rate.
   int64_t max_retained_tickets = 100'000;
+  // A stream whose write the caller's connection has not taken for about
+  // this long (keepalive_time + keepalive_timeout: the patience given to a
+  // peer that does not answer pings) is cancelled; see StreamCall::Sweep.
+  absl::Duration stalled_write_after = absl::Seconds(40);
 };
 
 // Shared by every loop. Immutable after start except the atomics.
@@ -59,6 +63,9 @@ struct Runtime {
   grpc::health::v1::Health::AsyncService health_service;
   HealthBoard health;
   std::vector<std::unique_ptr<EventLoop>> loops;
+  // By loop index: the open stream calls of that loop, linked through the
+  // calls (touched only on that loop).
+  std::vector<StreamCall*> streams;
   std::vector<std::unique_ptr<QueueRuntime>> queues;
   std::unordered_map<std::string, int> queue_index;
   std::atomic<bool> draining{false};

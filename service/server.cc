@@ -175,6 +175,7 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.ticket_retention = options.ticket_retention;
   rt.limits.max_waiting_tickets = options.max_waiting_tickets;
   rt.limits.max_retained_tickets = options.max_retained_tickets;
+  rt.limits.stalled_write_after = options.keepalive_time + options.keepalive_timeout;
   std::vector<std::string> queue_names;
   for (const QueueSettings& q : options.queues) queue_names.push_back(q.name);
   rt.metrics = std::make_shared<Metrics>(std::move(queue_names), threads);
@@ -253,9 +254,11 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
     rt.queues.push_back(std::make_unique<QueueRuntime>(static_cast<int>(i),
                                                        std::move(options.queues[i]), &rt, owner));
   }
+  rt.streams.assign(rt.loops.size(), nullptr);
   for (auto& loop : rt.loops) StartAcceptingCalls(&rt, loop.get());
   for (auto& loop : rt.loops) loop->Start();
   for (auto& loop : rt.loops) server->StartLagProbe(loop.get());
+  for (auto& loop : rt.loops) server->StartStreamSweep(loop.get());
 
   rt.health.Set(kServiceName, true);
   rt.health.Set(kLivenessName, true);
@@ -276,6 +279,19 @@ void MatchmakerServer::StartLagProbe(EventLoop* loop) {
   };
   Metrics* metrics = runtime_->metrics.get();
   loop->Post([loop, metrics] { Probe::Arm(loop, metrics); });
+}
+
+void MatchmakerServer::StartStreamSweep(EventLoop* loop) {
+  struct Sweeper {
+    static void Arm(EventLoop* loop, Runtime* runtime) {
+      loop->RunAt(loop->clock().Now() + runtime->limits.stalled_write_after / 2, [loop, runtime] {
+        StreamCall::Sweep(runtime, loop);
+        Arm(loop, runtime);
+      });
+    }
+  };
+  Runtime* runtime = runtime_.get();
+  loop->Post([loop, runtime] { Sweeper::Arm(loop, runtime); });
 }
 
 MatchmakerServer::~MatchmakerServer() { Shutdown(absl::ZeroDuration()); }

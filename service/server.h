@@ -116,6 +116,7 @@ class MatchmakerServer final {
   MatchmakerServer() = default;
 
   void StartLagProbe(EventLoop* loop);
+  void StartStreamSweep(EventLoop* loop);
 
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<grpc::Server> server_;

@@ -19,9 +19,12 @@ import math
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -81,7 +84,11 @@ def player(pid, rating=0.0):
     return pb.Player(id=pid, rating=rating)
 
 
-class MatchdTest(unittest.TestCase):
+class ServerFixture(unittest.TestCase):
+    """A matchd of its own for each test, and a client channel to it."""
+
+    # Flags added to the server's, by subclasses.
+    EXTRA_FLAGS = ()
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix='matchd_e2e_')
@@ -93,7 +100,8 @@ class MatchdTest(unittest.TestCase):
         self.proc = subprocess.Popen([
             ARGS.matchd, '--listen', '127.0.0.1:0', '--port_file', port_file,
             '--heartbeat', '1s', '--drain_delay', '1s', '--drain_spread', '1s'
-        ], stderr=self.stderr)
+        ] + list(self.EXTRA_FLAGS), stderr=self.stderr)
+        self.port = None
         self.addCleanup(self._stop_server)
         # Waiting for a process to start: a bounded poll on the port file,
         # which matchd writes atomically once it is serving.
@@ -106,6 +114,7 @@ class MatchdTest(unittest.TestCase):
             time.sleep(0.05)
         with open(port_file) as f:
             port = int(f.read().strip())
+        self.port = port
         self.channel = grpc.insecure_channel('127.0.0.1:%d' % port)
         self.addCleanup(self.channel.close)
         self.stub = pb_grpc.MatchmakerStub(self.channel)
@@ -156,7 +165,8 @@ class MatchdTest(unittest.TestCase):
         self.assertEqual(events[-1].WhichOneof('event'), 'matched', events[-1])
         return events[-1].matched.match
 
-    # Tests.
+
+class MatchdTest(ServerFixture):
 
     def test_list_queues(self):
         response = self.stub.ListQueues(pb.ListQueuesRequest(), timeout=RPC_TIMEOUT)
@@ -314,6 +324,97 @@ class MatchdTest(unittest.TestCase):
         self.assertEqual(self.proc.wait(timeout=EXIT_TIMEOUT), 0)
         # The port file named a port no longer served: it is gone.
         self.assertFalse(os.path.exists(os.path.join(self.tmp, 'port')))
+
+
+class RawHttp2Stream:
+    """One FindMatch on a connection of its own, spoken in raw HTTP/2 by a
+    caller that never reads: its flow-control window is 0, so the server can
+    send it no event. It answers pings (the connection stays alive) and
+    records the streams the server resets."""
+
+    def __init__(self, port, request):
+        self.sock = socket.create_connection(('127.0.0.1', port))
+        self.lock = threading.Lock()
+        self.reset = threading.Event()
+        settings = struct.pack('>HI', 0x4, 0)  # SETTINGS_INITIAL_WINDOW_SIZE = 0
+        self.send(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + self.frame(0x4, 0, 0, settings))
+        headers = b''.join(self.literal(k, v) for k, v in (
+            (':method', 'POST'), (':scheme', 'http'),
+            (':path', '/matchmaking.v1.Matchmaker/FindMatch'), (':authority', 'matchd'),
+            ('content-type', 'application/grpc'), ('te', 'trailers')))
+        body = b'\x00' + struct.pack('>I', len(request)) + request
+        self.send(self.frame(0x1, 0x4, 1, headers) + self.frame(0x0, 0x1, 1, body))
+        self.reader = threading.Thread(target=self.read_frames, daemon=True)
+        self.reader.start()
+
+    @staticmethod
+    def frame(kind, flags, stream, payload):
+        return struct.pack('>I', len(payload))[1:] + bytes([kind, flags]) + \
+            struct.pack('>I', stream) + payload
+
+    @staticmethod
+    def literal(name, value):  # HPACK: literal, not indexed, new name; all short
+        name, value = name.encode(), value.encode()
+        return bytes([0, len(name)]) + name + bytes([len(value)]) + value
+
+    def send(self, data):
+        with self.lock:
+            self.sock.sendall(data)
+
+    def read_exactly(self, n):
+        data = b''
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def read_frames(self):
+        try:
+            while True:
+                head = self.read_exactly(9)
+                length = int.from_bytes(head[:3], 'big')
+                kind, flags = head[3], head[4]
+                stream = int.from_bytes(head[5:9], 'big') & 0x7fffffff
+                payload = self.read_exactly(length)
+                if kind == 0x4 and not flags & 0x1:  # SETTINGS: acknowledge
+                    self.send(self.frame(0x4, 0x1, 0, b''))
+                elif kind == 0x6 and not flags & 0x1:  # PING: answer
+                    self.send(self.frame(0x6, 0x1, 0, payload))
+                elif kind == 0x3 and stream == 1:  # RST_STREAM
+                    self.reset.set()
+        except (EOFError, OSError):
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+class StalledReaderTest(ServerFixture):
+    """A caller whose connection takes no events loses its stream within
+    about keepalive_time + keepalive_timeout (here 2 s), as one that does not
+    answer pings would: its ticket leaves the pool instead of being matched
+    with nobody to tell."""
+
+    EXTRA_FLAGS = ('--keepalive_time', '1s', '--keepalive_timeout', '1s',
+                   '--heartbeat', '100ms')
+
+    def waiting(self, queue):
+        reply = self.stub.ListQueues(pb.ListQueuesRequest(), timeout=RPC_TIMEOUT)
+        return {q.name: q.tickets_waiting for q in reply.queues}[queue]
+
+    def test_a_stream_whose_caller_reads_nothing_is_cancelled(self):
+        request = pb.FindMatchRequest(queue='duel', players=[player('stalled', 1500)])
+        raw = RawHttp2Stream(self.port, request.SerializeToString())
+        self.addCleanup(raw.close)
+        # Bounded waits on the server's state (no sleeping for the outcome).
+        deadline = time.monotonic() + RPC_TIMEOUT
+        while self.waiting('duel') != 1:
+            self.assertLess(time.monotonic(), deadline, 'the raw ticket never joined duel')
+            time.sleep(0.05)
+        self.assertTrue(raw.reset.wait(timeout=20), 'the stalled stream was not reset')
+        self.assertEqual(self.waiting('duel'), 0)
 
 
 class MatchdCommandLineTest(unittest.TestCase):
