@@ -310,8 +310,11 @@ void QueueRuntime::SendQueuedIfUntold(TicketKey key) {
   Ticket& t = *found;
   if (t.state != mm::Ticket::QUEUED || t.link == nullptr || t.seq != 0) return;
   t.seq = 1;
-  t.link->Send(EventBytes(QueuedEvent(t, 1)));
+  // The next heartbeat is set before the caller can see `queued` (the send is
+  // written on another loop at once): it counts from now, not from whenever
+  // this step ends.
   ScheduleHeartbeat(t);
+  t.link->Send(EventBytes(QueuedEvent(t, 1)));
 }
 
 void QueueRuntime::PushDue(DueFifo* fifo, TicketKey key, absl::Time at) {
@@ -760,12 +763,21 @@ void QueueRuntime::ScheduleHeartbeat(Ticket& t) {
 void QueueRuntime::Heartbeat(TicketKey key) {
   Ticket* found = Lookup(key);
   if (found == nullptr) return;
+  const absl::Time now = runtime_->clock->Now();
+  if (found->heartbeat_at > now) return;  // stale entry, or none due
+  if (pool_.NextWakeup() <= now) {
+    // The pool is due too (its timer runs after this one): a match that
+    // forms now is sent instead, not after a searching event that would
+    // name no blocker. By key: a ticket that ended may be gone.
+    RunPool();
+    found = Lookup(key);
+    if (found == nullptr) return;
+  }
   Ticket& t = *found;
-  if (t.heartbeat_at > runtime_->clock->Now()) return;  // stale entry, or none due
   t.heartbeat_at = absl::InfiniteFuture();
   if (t.state != mm::Ticket::QUEUED || t.link == nullptr) return;
+  ScheduleHeartbeat(t);  // before the caller can see the event, as above
   t.link->Send(EventBytes(SearchingEvent(t)));
-  ScheduleHeartbeat(t);
 }
 
 void QueueRuntime::ScheduleLease(Ticket& t, absl::Time when) {
