@@ -986,7 +986,10 @@ int Fail(const std::string& message) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "matchload: bounded load generator for matchmaking.v1.Matchmaker. Flags: --helpfull.");
-  absl::ParseCommandLine(argc, argv);
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    return Fail(absl::StrCat("unexpected argument \"", positional[1], "\"; matchload takes flags only"));
+  }
   // As in matchd: Debian's abseil leaves absl::Mutex deadlock detection on,
   // and its graph slows every lock as tens of thousands of calls are open.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
@@ -1028,7 +1031,17 @@ int main(int argc, char** argv) {
 
   if (c.workers < 1) return Fail("--client_threads must be >= 1");
   if (connections < c.workers) return Fail("--connections must be >= --client_threads");
-  if (c.rate < 0) return Fail("--rate must be >= 0");
+  // Above 10M/s the pacing's backlog alone (10 ms of starts) would not fit in memory.
+  if (!(c.rate >= 0 && c.rate <= 1e7)) return Fail("--rate must be in [0, 1e7]");
+  if (c.max_in_flight < 1) return Fail("--max_in_flight must be >= 1");
+  if (absl::GetFlag(FLAGS_tickets) < 0) return Fail("--tickets must be >= 0 (0: no cap)");
+  const double max_error_ratio = absl::GetFlag(FLAGS_max_error_ratio);
+  if (!(max_error_ratio >= 0 && max_error_ratio <= 1)) {
+    return Fail("--max_error_ratio must be in [0, 1]");
+  }
+  if (hold_timeout < absl::ZeroDuration() || drain_timeout < absl::ZeroDuration()) {
+    return Fail("--hold_timeout and --drain_timeout must be >= 0");
+  }
   if (c.rate == 0 && c.in_flight < 1) return Fail("--in_flight must be >= 1");
   if (c.wait > absl::ZeroDuration() && c.rate == 0) return Fail("--wait needs --rate");
   if (c.party_size < 1) return Fail("--party_size must be >= 1");

@@ -225,8 +225,21 @@ void PrintTable(const std::vector<Row>& rows, bool one_v_one, double bound_k) {
                           : "");
 }
 
-void WriteCsv(const std::string& path, const std::vector<Row>& rows, double bound_k) {
-  std::ofstream out(path);
+int Usage(const std::string& message) {
+  std::cerr << "matchsim: " << message << "\n";
+  return 2;
+}
+
+// Opened before the run, so that an unwritable path fails at once.
+bool OpenOutput(const std::string& flag, const std::string& path, std::ofstream* out) {
+  if (path.empty()) return true;
+  out->open(path);
+  if (*out) return true;
+  std::cerr << "matchsim: --" << flag << ": cannot write " << path << "\n";
+  return false;
+}
+
+void WriteCsv(std::ofstream& out, const std::vector<Row>& rows, double bound_k) {
   out << "algorithm,knob,knob_value,tickets,matched_share,abandoned_share,expired_share,"
          "wait_mean,wait_p50,wait_p90,wait_p99,wait_max,gap_mean,gap_p99,gap_within_5,"
          "spread_mean,spread_p99,slot_delta_mean,slot_delta_max_p99,fair_share,players_per_s,"
@@ -298,7 +311,20 @@ int Run() {
     }
   }
   const double abandon = absl::GetFlag(FLAGS_abandon_mean);
+  if (!(abandon >= 0)) return Usage("--abandon_mean must be >= 0 (0: nobody gives up)");
   if (abandon > 0) w.abandon_mean_s = abandon;
+  const double warmup = absl::GetFlag(FLAGS_warmup);
+  if (!(warmup >= 0 && warmup < 0.5)) return Usage("--warmup must be in [0, 0.5)");
+  // Below a millisecond the batch would tick billions of times an hour.
+  if (!(absl::GetFlag(FLAGS_batch_interval) >= 0.001)) {
+    return Usage("--batch_interval must be >= 0.001 s");
+  }
+  if (!(absl::GetFlag(FLAGS_offline_cost) > 0)) return Usage("--offline_cost must be > 0");
+  std::ofstream csv, svg;
+  if (!OpenOutput("csv", absl::GetFlag(FLAGS_csv), &csv) ||
+      !OpenOutput("svg", absl::GetFlag(FLAGS_svg), &svg)) {
+    return 2;
+  }
   const int team_count = absl::GetFlag(FLAGS_team_count);
   const int team_size = absl::GetFlag(FLAGS_team_size);
   const int max_party = static_cast<int>(w.party_mix.size());
@@ -358,8 +384,8 @@ int Run() {
     }
   }
   PrintTable(rows, one_v_one, bound_k);
-  if (!absl::GetFlag(FLAGS_csv).empty()) WriteCsv(absl::GetFlag(FLAGS_csv), rows, bound_k);
-  if (!absl::GetFlag(FLAGS_svg).empty()) {
+  if (csv.is_open()) WriteCsv(csv, rows, bound_k);
+  if (svg.is_open()) {
     std::vector<Series> series;
     std::map<std::string, size_t> index;
     for (const Row& r : rows) {
@@ -380,7 +406,7 @@ int Run() {
       plot.reference_products = {bound_k / lambda, 1.5 * bound_k / lambda};
       plot.reference_label = absl::StrFormat("K=%.0f, 1.5x", bound_k);
     }
-    std::ofstream(absl::GetFlag(FLAGS_svg)) << RenderSvg(series, plot);
+    svg << RenderSvg(series, plot);
   }
   return 0;
 }
@@ -392,6 +418,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Measures matching algorithms on one seeded ticket stream in virtual time.\n"
       "  matchsim --team_size=1 --rate=10\n  matchsim --sweep --csv=f.csv --svg=f.svg");
-  absl::ParseCommandLine(argc, argv);
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::cerr << "matchsim: unexpected argument \"" << positional[1] << "\"; flags only\n";
+    return 2;
+  }
   return matchd::sim::Run();
 }

@@ -74,6 +74,10 @@ int main(int argc, char** argv) {
   const double rate = flag["rate"], cost = flag["wait_cost"], widen = flag["widen"];
   const double initial = flag["initial_window"];
   const int n = static_cast<int>(flag["tickets"]);
+  if (!(flag["tickets"] >= 100 && flag["tickets"] <= 1e8) || !(rate > 0)) {
+    std::fprintf(stderr, "threshold_model: --tickets must be in [100, 1e8] and --rate > 0\n");
+    return 2;
+  }
   const double center = rate * Density(1500);
 
   std::mt19937_64 rng(1);

@@ -21,6 +21,12 @@ if [[ -z "$matchd" || -z "$proto_dir" ]]; then
   exit 2
 fi
 
+# Resolved before the cd below: relative paths are the caller's.
+if [[ ! -x "$matchd" ]]; then echo "run_test.sh: no matchd binary at $matchd" >&2; exit 2; fi
+if [[ ! -d "$proto_dir" ]]; then echo "run_test.sh: no proto directory at $proto_dir" >&2; exit 2; fi
+matchd="$(realpath "$matchd")"
+proto_dir="$(realpath "$proto_dir")"
+
 for tool in node npm; do
   if ! command -v "$tool" >/dev/null; then
     echo "run_test.sh: '$tool' not found; install Node.js 18 or later with npm" \
@@ -38,4 +44,4 @@ cd "$here"
 if [[ ! -d node_modules ]]; then
   npm ci --no-audit --no-fund
 fi
-MATCHD="$(realpath "$matchd")" PROTO_DIR="$(realpath "$proto_dir")" exec node --test find_match.test.js
+MATCHD="$matchd" PROTO_DIR="$proto_dir" exec node --test find_match.test.js
