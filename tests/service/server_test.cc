@@ -1344,37 +1344,53 @@ TEST(ServerTest, HealthWatchFollowsDrainAndEndsAtShutdown) {
   EXPECT_TRUE(watch->Finish().ok());
 }
 
+// `matchctl find` in a process of its own, its output on a pipe (out_fd,
+// the caller's to close, so that matchctl never writes to a closed pipe).
+// Its first line names the ticket ("queued    ticket <id> in ..."):
+// ticket_id is empty if it did not.
+struct MatchctlFind {
+  pid_t pid = -1;
+  int out_fd = -1;
+  std::string ticket_id;
+};
+MatchctlFind StartMatchctlFind(const TestServer& ts, const char* queue, const char* player) {
+  MatchctlFind find;
+  int out[2];
+  if (pipe(out) != 0) return find;
+  find.pid = fork();
+  if (find.pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    execl(MATCHCTL_PATH, "matchctl", "--server", ts.address().c_str(), "find", "--queue", queue,
+          "--player", player, static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string line;
+  char c;
+  find.out_fd = out[0];
+  while (find.pid > 0 && read(out[0], &c, 1) == 1 && c != '\n') line.push_back(c);
+  const size_t at = line.find("ticket ");
+  if (at != std::string::npos) find.ticket_id = line.substr(at + 7, 32);
+  return find;
+}
+
 TEST(ServerTest, FrozenClientsTicketLeavesWithinTheKeepaliveTimeout) {
   TestServerOptions options;
   options.keepalive_time = absl::Seconds(1);
   options.keepalive_timeout = absl::Seconds(1);
   TestServer ts(options);
   // A real client process that opens a FindMatch and is then frozen.
-  int out[2];
-  ASSERT_EQ(pipe(out), 0);
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    close(out[0]);
-    execl(MATCHCTL_PATH, "matchctl", "--server", ts.address().c_str(), "find", "--queue", "squad",
-          "--player", "frozen:1500", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(out[1]);
-  // Its first line names the ticket: "queued    ticket <id> in squad ...".
-  std::string line;
-  char c;
-  while (read(out[0], &c, 1) == 1 && c != '\n') line.push_back(c);
-  const size_t at = line.find("ticket ");
-  ASSERT_NE(at, std::string::npos) << line;
-  const std::string id = line.substr(at + 7, 32);
+  const MatchctlFind find = StartMatchctlFind(ts, "squad", "frozen:1500");
+  ASSERT_FALSE(find.ticket_id.empty());
+  const pid_t child = find.pid;
+  const std::string& id = find.ticket_id;
   ASSERT_EQ(kill(child, SIGSTOP), 0);
   // The server pings after 1 s and gives up 1 s later; WaitUntilNot polls for 10 s.
   const mm::Ticket ticket = ts.WaitUntilNot(id, mm::Ticket::QUEUED);
   kill(child, SIGKILL);
   waitpid(child, nullptr, 0);
-  close(out[0]);
+  close(find.out_fd);
   EXPECT_EQ(ticket.state(), mm::Ticket::DETACHED);
 }
 
@@ -1412,28 +1428,13 @@ TEST(ServerTest, MatchctlExitsTwoForBadUsageAndZeroForHelp) {
 
 TEST(ServerTest, MatchctlFindWithdrawsTheTicketOnCtrlC) {
   TestServer ts;
-  int out[2];
-  ASSERT_EQ(pipe(out), 0);
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    close(out[0]);
-    execl(MATCHCTL_PATH, "matchctl", "--server", ts.address().c_str(), "find", "--queue", "duel",
-          "--player", "quitter:1500", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(out[1]);
-  std::string line;
-  char c;
-  while (read(out[0], &c, 1) == 1 && c != '\n') line.push_back(c);
-  const size_t at = line.find("ticket ");
-  ASSERT_NE(at, std::string::npos) << line;
-  const std::string id = line.substr(at + 7, 32);
-  ASSERT_EQ(kill(child, SIGINT), 0);
+  const MatchctlFind find = StartMatchctlFind(ts, "duel", "quitter:1500");
+  ASSERT_FALSE(find.ticket_id.empty());
+  const std::string& id = find.ticket_id;
+  ASSERT_EQ(kill(find.pid, SIGINT), 0);
   int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  close(out[0]);
+  ASSERT_EQ(waitpid(find.pid, &status, 0), find.pid);
+  close(find.out_fd);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 130);
   // Cancelled, not left detached for the re-attach grace: the player can
