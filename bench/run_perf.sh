@@ -27,6 +27,10 @@ OUT=""
 KEEP=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --build|--out|--keep)
+      [ $# -ge 2 ] || { echo "run_perf.sh: $1 needs a value" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --build) BUILD="$2"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
@@ -35,6 +39,7 @@ while [ $# -gt 0 ]; do
     *) echo "run_perf.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+[ -d "$BUILD" ] || { echo "run_perf.sh: no build directory $BUILD; build it first (see docs/PERFORMANCE.md)" >&2; exit 2; }
 BUILD="$(cd "$BUILD" && pwd)"
 MATCHD="$BUILD/service/matchd"
 NOOP="$BUILD/bench/noop_server"

@@ -4,12 +4,15 @@
 #
 #   bench/sim/run_quality.sh [--build DIR] [--out DIR]
 #
-# About two minutes on one core; the offline optimum takes most of it.
+# About three minutes on one core; the offline optimum takes most of it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 build="$here/build"
 out="$here/docs/quality"
 while [[ $# -gt 0 ]]; do
+  if [[ ( "$1" == --build || "$1" == --out ) && $# -lt 2 ]]; then
+    echo "run_quality.sh: $1 needs a value" >&2; exit 2
+  fi
   case "$1" in
     --build) build="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;

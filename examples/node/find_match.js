@@ -25,6 +25,7 @@
 // final and rejects with a FindMatchError carrying one of the OUTCOME values.
 'use strict';
 
+const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -369,12 +370,22 @@ function parseArgs(argv) {
       case '--server': args.server = value; break;
       case '--queue': args.queue = value; break;
       case '--player': args.players.push(parsePlayer(value)); break;
-      case '--timeout': args.timeoutMs = Number(value) * 1000; break;
+      case '--timeout': {
+        const seconds = Number(value);
+        if (!(seconds > 0) || !Number.isFinite(seconds)) {
+          throw new Error(`--timeout must be a number of seconds > 0, got "${value}"`);
+        }
+        args.timeoutMs = seconds * 1000;
+        break;
+      }
       case '--proto_dir': args.protoDir = value; break;
       default: throw new Error(`unknown flag ${flag}`);
     }
   }
   if (!args.queue || args.players.length === 0) throw new Error('--queue and --player are required');
+  if (args.protoDir !== undefined && !fs.existsSync(path.join(args.protoDir, 'matchmaking'))) {
+    throw new Error(`--proto_dir: no matchmaking/ protos under ${args.protoDir}`);
+  }
   return args;
 }
 

@@ -366,6 +366,10 @@ def main(argv=None):
     parser.add_argument('--timeout', type=float, help='seconds to wait at most')
     parser.add_argument('--proto_dir', help='dir holding matchmaking/v1/matchmaking.proto')
     args = parser.parse_args(argv)
+    if args.timeout is not None and not (0 < args.timeout < float('inf')):
+        parser.error('--timeout must be a number of seconds > 0')
+    if args.proto_dir is not None and not os.path.isdir(args.proto_dir):
+        parser.error('--proto_dir: no directory %s' % args.proto_dir)
 
     _, pb_grpc = load_stubs(args.proto_dir)
     with grpc.insecure_channel(args.server) as channel:
