@@ -49,6 +49,48 @@ bool ValidQueueName(const std::string& name) {
   return true;
 }
 
+// The JSON name (teamSize) of each snake_case field of `type` and the message
+// types under it.
+void CollectJsonNames(const google::protobuf::Descriptor* type,
+                      std::map<std::string, std::string>* names) {
+  for (int i = 0; i < type->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* field = type->field(i);
+    if (field->name() != field->json_name()) (*names)[field->name()] = field->json_name();
+    if (field->message_type() != nullptr && field->message_type() != type) {
+      CollectJsonNames(field->message_type(), names);
+    }
+  }
+}
+
+// Names the fields in `message` as the file spells them (teamSize, not the
+// schema's team_size).
+std::string WithJsonNames(absl::string_view message) {
+  static const auto* const names = [] {
+    auto* m = new std::map<std::string, std::string>();
+    CollectJsonNames(cfg::QueueConfig::descriptor(), m);
+    return m;
+  }();
+  std::string out;
+  size_t i = 0;
+  while (i < message.size()) {
+    if (!std::islower(static_cast<unsigned char>(message[i]))) {
+      out += message[i++];
+      continue;
+    }
+    size_t end = i;
+    while (end < message.size() && (std::islower(static_cast<unsigned char>(message[end])) ||
+                                    std::isdigit(static_cast<unsigned char>(message[end])) ||
+                                    message[end] == '_')) {
+      ++end;
+    }
+    const std::string word(message.substr(i, end - i));
+    auto it = names->find(word);
+    out += it == names->end() ? word : it->second;
+    i = end;
+  }
+  return out;
+}
+
 absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
   const std::string where = absl::StrCat("queues[", index, "] (\"", q.name(), "\"): ");
   auto invalid = [&](absl::string_view what) {
@@ -300,7 +342,7 @@ absl::StatusOr<std::vector<QueueSettings>> ParseConfig(absl::string_view json) {
   std::set<std::string> names;
   for (int i = 0; i < config.queues_size(); ++i) {
     absl::StatusOr<QueueSettings> s = ToSettings(config.queues(i), i);
-    if (!s.ok()) return s.status();
+    if (!s.ok()) return absl::Status(s.status().code(), WithJsonNames(s.status().message()));
     if (!names.insert(s->name).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("queues[", i, "]: duplicate queue name \"", s->name, "\""));

@@ -36,8 +36,9 @@ matchmaking::v1::QueueInfo QueueInfoOf(const QueueSettings& settings);
 absl::string_view DefaultConfigJson();
 
 // Parses and validates configuration JSON. INVALID_ARGUMENT with the field at
-// fault (e.g. `queues[1] ("squad"): team_size must be >= 1`), or when the
-// queues would not fit in a ListQueues reply a client accepts (4 MiB).
+// fault, named as the JSON spells it (e.g. `queues[1] ("squad"): teamSize
+// must be >= 1`), or when the queues would not fit in a ListQueues reply a
+// client accepts (4 MiB).
 absl::StatusOr<std::vector<QueueSettings>> ParseConfig(absl::string_view json);
 
 // Reads `path` and parses it; an empty path means the embedded default.

@@ -1114,24 +1114,24 @@ TEST(ConfigTest, LimitsAndDurationsAreBounded) {
   };
   EXPECT_EQ(error(R"(, "maxWaitingTickets": 100000000)"), "ok");
   EXPECT_THAT(error(R"(, "maxWaitingTickets": 4294967295)"),
-              HasSubstr("max_waiting_tickets must be <= 100000000 (0: 200000), got 4294967295"));
+              HasSubstr("maxWaitingTickets must be <= 100000000 (0: 200000), got 4294967295"));
   EXPECT_THAT(error(R"(, "reattachGrace": "100000s")"),
-              HasSubstr("reattach_grace must be in [0s, 1h]"));
-  EXPECT_THAT(error(R"(, "pollTtl": "7200s")"), HasSubstr("poll_ttl must be in (0s, 1h]"));
+              HasSubstr("reattachGrace must be in [0s, 1h]"));
+  EXPECT_THAT(error(R"(, "pollTtl": "7200s")"), HasSubstr("pollTtl must be in (0s, 1h]"));
   EXPECT_THAT(error(R"(, "minPlayers": 2, "partialAfter": "7200s")"),
-              HasSubstr("partial_after must be at most 1h"));
+              HasSubstr("partialAfter must be at most 1h"));
   EXPECT_THAT(error(R"(, "description": ")" + std::string(1025, 'x') + "\""),
               HasSubstr("description must be at most 1024 bytes"));
   // The numbers in the messages are the ones given.
   EXPECT_THAT(error(R"(, "maxPartySize": 4294967295)"),
-              HasSubstr("max_party_size must be <= team_size (2), got 4294967295"));
+              HasSubstr("maxPartySize must be <= teamSize (2), got 4294967295"));
   EXPECT_THAT(error(R"(, "minPlayers": 4294967295)"),
               HasSubstr("below a full match's 4 players, got 4294967295"));
   auto duel = ParseConfig(R"({"queues": [{"name": "q", "teamCount": 2, "teamSize": 1,
                                           "minPlayers": 1}]})");
   ASSERT_FALSE(duel.ok());
   EXPECT_THAT(std::string(duel.status().message()),
-              HasSubstr("min_players must be 0: a match of 2 players has no partial lobby"));
+              HasSubstr("minPlayers must be 0: a match of 2 players has no partial lobby"));
 }
 
 // Queues whose ListQueues reply a client could not receive (over 4 MiB)
@@ -1212,20 +1212,20 @@ TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
   EXPECT_THAT(error("{" + base + R"(, "latency": {"regions": ["eu", "eu"], "maxMs": 50}})"),
               HasSubstr("\"eu\" is listed twice"));
   EXPECT_THAT(error("{" + base + R"(, "latency": {"regions": ["eu"]}})"),
-              HasSubstr("latency.max_ms must be a finite number > 0"));
+              HasSubstr("latency.maxMs must be a finite number > 0"));
   EXPECT_THAT(error("{" + base + R"(, "latency": {"regions": ["eu"], "maxMs": 50, "capMs": 10}})"),
-              HasSubstr("latency.cap_ms must be 0 (no cap) or >= latency.max_ms"));
+              HasSubstr("latency.capMs must be 0 (no cap) or >= latency.maxMs"));
   EXPECT_EQ(error(R"({"name": "q", "teamCount": 8, "teamSize": 1, "minPlayers": 4,
                       "partialAfter": "20s"})"),
             "ok");
-  EXPECT_THAT(error("{" + base + R"(, "minPlayers": 2})"), HasSubstr("min_players must be 0"));
+  EXPECT_THAT(error("{" + base + R"(, "minPlayers": 2})"), HasSubstr("minPlayers must be 0"));
   EXPECT_THAT(error("{" + base + R"(, "partialAfter": "20s"})"),
-              HasSubstr("partial_after needs min_players"));
+              HasSubstr("partialAfter needs minPlayers"));
   EXPECT_THAT(error("{" + base + R"(, "customRule": {"name": "nope"}})"),
-              HasSubstr("custom_rule: no custom rule named \"nope\"; this build has: crossplay"));
+              HasSubstr("customRule: no custom rule named \"nope\"; this build has: crossplay"));
   EXPECT_THAT(error("{" + base + R"(, "customRule": {"name": "crossplay",
                                                      "params": {"penalty": "x"}}})"),
-              HasSubstr("custom_rule: crossplay: penalty must be a number >= 0"));
+              HasSubstr("customRule: crossplay: penalty must be a number >= 0"));
   EXPECT_THAT(error("{" + base + R"(, "matchAttributes": ["mode", "mode"]})"),
               HasSubstr("\"mode\" is listed twice"));
   auto cost = ParseConfig(R"({"queues": [{)" + base +
@@ -1237,11 +1237,11 @@ TEST(ConfigTest, LatencyAndAttributeRulesAreChecked) {
   ASSERT_TRUE(widen.ok()) << widen.status();
   EXPECT_EQ(widen->at(0).rules.widen_time, absl::Seconds(10));
   EXPECT_THAT(error("{" + base + R"(, "rating": {"widenTime": "10s"}})"),
-              HasSubstr("rating.widen_time needs rating.wait_cost"));
+              HasSubstr("rating.widenTime needs rating.waitCost"));
   EXPECT_THAT(error("{" + base + R"(, "rating": {"waitCost": 2, "widenTime": "0s"}})"),
-              HasSubstr("rating.widen_time must be in (0s, 1h]"));
+              HasSubstr("rating.widenTime must be in (0s, 1h]"));
   EXPECT_THAT(error("{" + base + R"(, "rating": {"waitCost": -1}})"),
-              HasSubstr("rating.wait_cost must be a finite number >= 0"));
+              HasSubstr("rating.waitCost must be a finite number >= 0"));
 }
 
 TEST(ServerTest, DrainTurnsReadinessOffThenEndsWaitingCallsWithinTheSpread) {
