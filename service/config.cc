@@ -73,6 +73,13 @@ std::string WithJsonNames(absl::string_view message) {
   std::string out;
   size_t i = 0;
   while (i < message.size()) {
+    if (message[i] == '"') {  // a value the file gave (a queue's name): as it is
+      const size_t close = message.find('"', i + 1);
+      const size_t end = close == absl::string_view::npos ? message.size() : close + 1;
+      out.append(message.data() + i, end - i);
+      i = end;
+      continue;
+    }
     if (!std::islower(static_cast<unsigned char>(message[i]))) {
       out += message[i++];
       continue;
