@@ -40,6 +40,9 @@ ABSL_FLAG(int64_t, max_waiting_tickets, 1000000,
 ABSL_FLAG(int64_t, max_retained_tickets, 100000,
           "Most finished tickets kept per queue for GetTicket/WatchTicket (the oldest go "
           "before --ticket_retention ends beyond it): bounds memory at any ticket rate.");
+ABSL_FLAG(int64_t, max_retained_bytes, int64_t{512} << 20,
+          "And at most about this many bytes of finished tickets in all queues together "
+          "(each queue an equal share; a ticket keeps its party, up to ~66 KiB).");
 ABSL_FLAG(int, max_receive_message_bytes, 4 * 1024 * 1024,
           "Largest request gRPC accepts (RESOURCE_EXHAUSTED beyond); matchd's own limit on "
           "a ticket request is 64 KiB (INVALID_ARGUMENT).");
@@ -161,6 +164,7 @@ int main(int argc, char** argv) {
   options.ticket_retention = absl::GetFlag(FLAGS_ticket_retention);
   options.max_waiting_tickets = absl::GetFlag(FLAGS_max_waiting_tickets);
   options.max_retained_tickets = absl::GetFlag(FLAGS_max_retained_tickets);
+  options.max_retained_bytes = absl::GetFlag(FLAGS_max_retained_bytes);
   options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);
   options.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
   options.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);

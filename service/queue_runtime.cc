@@ -91,6 +91,8 @@ struct QueueRuntime::Ticket {
   // When the next `searching` is due (InfiniteFuture: no heartbeats). An
   // entry of heartbeats_ at another time is stale.
   absl::Time heartbeat_at = absl::InfiniteFuture();
+  // Finished: its share of retained_bytes_ (RetainedBytes), 0 before.
+  int64_t retained_bytes = 0;
 
   bool active() const { return state == mm::Ticket::QUEUED || state == mm::Ticket::DETACHED; }
 };
@@ -163,9 +165,9 @@ grpc::Status QueueRuntime::TicketNotFound(const std::string& ticket_id) const {
       absl::StrCat("ticket ", ticket_id, " not found: unknown, or it ended more than ",
                    absl::FormatDuration(runtime_->limits.ticket_retention), " ago");
   if (retained_capped_) {
-    absl::StrAppend(&message, " or was among the oldest of more than ",
-                    runtime_->limits.max_retained_tickets,
-                    " finished tickets this queue keeps (--max_retained_tickets)");
+    absl::StrAppend(&message, " or was among the oldest finished tickets, dropped early to keep "
+                    "this queue within ", runtime_->limits.max_retained_tickets,
+                    " of them and its share of --max_retained_bytes (--max_retained_tickets)");
   }
   return grpc::Status(grpc::StatusCode::NOT_FOUND, message);
 }
@@ -707,6 +709,8 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
   t.lease_timer = 0;
   t.lease_timer_at = absl::InfiniteFuture();
   t.lease_until = now + runtime_->limits.ticket_retention;
+  t.retained_bytes = RetainedBytes(t);
+  retained_bytes_ += t.retained_bytes;
   PushDue(&retired_, t.key, t.lease_until);
   PublishCounts();
 }
@@ -718,9 +722,20 @@ void QueueRuntime::ReleasePlayers(const Ticket& t) {
   }
 }
 
+// About what a finished ticket holds: its slot, and its party, or (once
+// matched) the match it shares with the other members, counted whole for
+// each of them. Serialized sizes, doubled for protobuf's objects and maps.
+int64_t QueueRuntime::RetainedBytes(const Ticket& t) {
+  int64_t bytes = static_cast<int64_t>(sizeof(Ticket) + t.id.capacity() + t.detail.size());
+  for (const mm::Player& p : t.players) bytes += 2 * static_cast<int64_t>(p.ByteSizeLong());
+  bytes += static_cast<int64_t>(t.match.matched_field.size());
+  return bytes;
+}
+
 void QueueRuntime::EraseTicket(TicketKey key) {
   Ticket* t = Lookup(key);
   if (t == nullptr) return;
+  retained_bytes_ -= t->retained_bytes;
   // Moving a fresh ticket in releases the match, the players and the stream,
   // while the strings keep their storage for the slot's next ticket.
   *t = Ticket();
@@ -729,7 +744,9 @@ void QueueRuntime::EraseTicket(TicketKey key) {
 
 void QueueRuntime::TrimRetired() {
   const size_t cap = static_cast<size_t>(runtime_->limits.max_retained_tickets);
-  while (retired_.entries.size() > cap) {
+  const int64_t byte_cap = runtime_->limits.max_retained_bytes_per_queue;
+  while (retired_.entries.size() > cap ||
+         (retained_bytes_ > byte_cap && !retired_.entries.empty())) {
     retained_capped_ = true;
     EraseTicket(retired_.entries.front().key);
     retired_.entries.pop_front();

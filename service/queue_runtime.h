@@ -143,6 +143,7 @@ class QueueRuntime final : private matcher::PoolListener {
   matchmaking::v1::MatchEvent SearchingEvent(Ticket& t);
   matchmaking::v1::Ticket ToProto(const Ticket& t) const;
   void PublishCounts();
+  static int64_t RetainedBytes(const Ticket& t);
 
   const int index_;
   const QueueSettings settings_;
@@ -210,6 +211,8 @@ class QueueRuntime final : private matcher::PoolListener {
   // Finished tickets dropped before ticket_retention ended, to keep
   // max_retained_tickets (NOT_FOUND then says so).
   bool retained_capped_ = false;
+  // RetainedBytes of the finished tickets kept (max_retained_bytes_per_queue).
+  int64_t retained_bytes_ = 0;
 
   std::atomic<uint32_t> tickets_waiting_{0};
   std::atomic<uint32_t> players_waiting_{0};

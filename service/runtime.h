@@ -48,6 +48,9 @@ struct RuntimeLimits {
   // Finished tickets kept per queue for GetTicket/WatchTicket; beyond it the
   // oldest go before their retention ends, so memory stays bounded at any rate.
   int64_t max_retained_tickets = 100'000;
+  // And at most about this many bytes of them per queue (ServerOptions::
+  // max_retained_bytes shared out): tickets with large parties go sooner.
+  int64_t max_retained_bytes_per_queue = int64_t{128} << 20;
   // A stream whose write the caller's connection has not taken for about
   // this long (keepalive_time + keepalive_timeout: the patience given to a
   // peer that does not answer pings) is cancelled; see StreamCall::Sweep.

@@ -125,6 +125,9 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.max_retained_tickets < 0) {
     return absl::InvalidArgumentError("max retained tickets must be >= 0");
   }
+  if (options.max_retained_bytes < 0) {
+    return absl::InvalidArgumentError("max retained bytes must be >= 0");
+  }
   if (options.max_receive_message_bytes < 1024) {
     return absl::InvalidArgumentError("max receive message size must be >= 1024 bytes");
   }
@@ -175,6 +178,8 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.ticket_retention = options.ticket_retention;
   rt.limits.max_waiting_tickets = options.max_waiting_tickets;
   rt.limits.max_retained_tickets = options.max_retained_tickets;
+  rt.limits.max_retained_bytes_per_queue =
+      options.max_retained_bytes / static_cast<int64_t>(options.queues.size());
   rt.limits.stalled_write_after = options.keepalive_time + options.keepalive_timeout;
   std::vector<std::string> queue_names;
   for (const QueueSettings& q : options.queues) queue_names.push_back(q.name);

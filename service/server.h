@@ -43,6 +43,10 @@ struct ServerOptions {
   // Most finished tickets kept per queue for GetTicket/WatchTicket; the
   // oldest go early beyond it, which bounds memory at any ticket rate.
   int64_t max_retained_tickets = 100'000;
+  // And at most about this many bytes of finished tickets in all queues
+  // together (each queue an equal share): a ticket keeps its party, up to
+  // ~66 KiB, so the count alone does not bound their memory.
+  int64_t max_retained_bytes = int64_t{512} << 20;
   // Largest request message accepted by gRPC (RESOURCE_EXHAUSTED beyond);
   // matchd's own limit (INVALID_ARGUMENT) is lower, see validation.h.
   int max_receive_message_bytes = 4 * 1024 * 1024;

@@ -607,8 +607,50 @@ TEST(ServerTest, NotFoundNamesTheRetentionCapOnceItDroppedTickets) {
   mm::Ticket t;
   const grpc::Status s = ts.stub().GetTicket(&ctx, request, &t);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_THAT(s.error_message(), HasSubstr("oldest of more than 1 finished tickets"));
+  EXPECT_THAT(s.error_message(), HasSubstr("dropped early to keep this queue within 1 of them"));
   EXPECT_EQ(ts.GetTicket(ids[2]).state(), mm::Ticket::CANCELLED);
+}
+
+// Finished tickets are also kept within a byte budget: a ticket keeps its
+// party, so large parties go sooner than --max_retained_tickets says.
+TEST(ServerTest, FinishedTicketsAreKeptWithinTheirByteBudget) {
+  TestServerOptions options;
+  // 7 queues in the test configuration: 16 KiB each.
+  options.max_retained_bytes = 7 * 16 * 1024;
+  TestServer ts(options);
+  auto cancel = [&](const std::string& id) {
+    grpc::ClientContext ctx;
+    mm::CancelTicketRequest request;
+    request.set_ticket_id(id);
+    mm::Ticket t;
+    return ts.stub().CancelTicket(&ctx, request, &t);
+  };
+  // ~4.5 KB of attributes each: about 9 KiB retained.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    mm::Player p = MakePlayer(absl::StrCat("big", i), 1000.0 * i);
+    for (int a = 0; a < 16; ++a) (*p.mutable_attributes())[absl::StrCat("k", a)] = std::string(256, 'v');
+    mm::Ticket t;
+    ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {p}, &t).ok());
+    ASSERT_TRUE(cancel(t.ticket_id()).ok());
+    ids.push_back(t.ticket_id());
+  }
+  EXPECT_EQ(ts.GetTicket(ids[2]).state(), mm::Ticket::CANCELLED);
+  grpc::ClientContext ctx;
+  mm::GetTicketRequest request;
+  request.set_ticket_id(ids[0]);
+  mm::Ticket t;
+  EXPECT_EQ(ts.stub().GetTicket(&ctx, request, &t).error_code(), grpc::StatusCode::NOT_FOUND);
+  // Small tickets fit many times over.
+  std::vector<std::string> small;
+  for (int i = 0; i < 5; ++i) {
+    mm::Ticket s;
+    ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer(absl::StrCat("s", i), 1000.0 * i)}, &s)
+                    .ok());
+    ASSERT_TRUE(cancel(s.ticket_id()).ok());
+    small.push_back(s.ticket_id());
+  }
+  for (const std::string& id : small) EXPECT_EQ(ts.GetTicket(id).state(), mm::Ticket::CANCELLED);
 }
 
 // Fields a player carries that this version does not know are not kept, so

@@ -45,6 +45,7 @@ TestServer::TestServer(TestServerOptions options) {
   server_options.queued_delay = options.queued_delay;
   server_options.max_waiting_tickets = options.max_waiting_tickets;
   server_options.max_retained_tickets = options.max_retained_tickets;
+  server_options.max_retained_bytes = options.max_retained_bytes;
   server_options.clock = &clock_;
   server_options.keepalive_time = options.keepalive_time;
   server_options.keepalive_timeout = options.keepalive_timeout;

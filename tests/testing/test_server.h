@@ -27,6 +27,7 @@ struct TestServerOptions {
   absl::Duration queued_delay = absl::ZeroDuration();
   int64_t max_waiting_tickets = 10000;
   int64_t max_retained_tickets = 100000;
+  int64_t max_retained_bytes = int64_t{512} << 20;
   absl::Duration keepalive_time = absl::Seconds(30);
   absl::Duration keepalive_timeout = absl::Seconds(10);
   std::string tls_cert_file, tls_key_file, tls_client_ca_file;
