@@ -22,7 +22,8 @@
 #include "service/log.h"
 #include "service/server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "Address to serve gRPC on (host:port).");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
+          "Address to serve gRPC on: host:port (port 0: any free one) or unix:PATH.");
 ABSL_FLAG(std::string, config, "",
           "Queue configuration file (JSON, schema matchd.config.v1.ServerConfig); empty means "
           "the embedded default (queues duel, squad, ffa, casual).");

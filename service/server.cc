@@ -60,8 +60,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
 }
 
 // host:port with a port in 0..65535 (0: any free port), or unix:path.
-absl::Status CheckAddress(const char* what, const std::string& address) {
-  if (absl::StartsWith(address, "unix:")) return absl::OkStatus();
+absl::Status CheckAddress(const char* what, const std::string& address, bool unix_allowed) {
+  if (unix_allowed && absl::StartsWith(address, "unix:")) return absl::OkStatus();
   const size_t colon = address.rfind(':');
   const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
   int value = 0;
@@ -69,22 +69,26 @@ absl::Status CheckAddress(const char* what, const std::string& address) {
       !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
       !absl::SimpleAtoi(port, &value) || value > 65535) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, " must be host:port with a port in 0..65535 (0: any free port), got \"",
-                     address, "\""));
+        absl::StrCat(what, " must be host:port with a port in 0..65535 (0: any free port)",
+                     unix_allowed ? " or unix:PATH" : "", ", got \"", address, "\""));
   }
   return absl::OkStatus();
 }
 
 absl::Status CheckOptions(const ServerOptions& options) {
   if (options.queues.empty()) return absl::InvalidArgumentError("at least one queue is required");
-  if (absl::Status st = CheckAddress("listen address", options.listen_address); !st.ok()) {
+  if (absl::Status st = CheckAddress("listen address", options.listen_address,
+                                     /*unix_allowed=*/true);
+      !st.ok()) {
     return st;
   }
   if (!options.metrics_listen.empty()) {
     if (absl::StartsWith(options.metrics_listen, "unix:")) {
       return absl::InvalidArgumentError("metrics address must be host:port, not a unix socket");
     }
-    if (absl::Status st = CheckAddress("metrics address", options.metrics_listen); !st.ok()) {
+    if (absl::Status st = CheckAddress("metrics address", options.metrics_listen,
+                                       /*unix_allowed=*/false);
+        !st.ok()) {
       return st;
     }
   }

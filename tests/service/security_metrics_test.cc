@@ -206,12 +206,13 @@ TEST(StartTest, OptionsOutOfRangeAreRefusedAtStart) {
   };
   const std::vector<Case> cases = {
       {[](ServerOptions& o) { o.listen_address = "127.0.0.1:99999"; },
-       "listen address must be host:port with a port in 0..65535 (0: any free port), got "
-       "\"127.0.0.1:99999\""},
+       "listen address must be host:port with a port in 0..65535 (0: any free port) or "
+       "unix:PATH, got \"127.0.0.1:99999\""},
       {[](ServerOptions& o) { o.listen_address = "127.0.0.1"; }, "got \"127.0.0.1\""},
       {[](ServerOptions& o) { o.listen_address = "127.0.0.1:abc"; }, "got \"127.0.0.1:abc\""},
       {[](ServerOptions& o) { o.metrics_listen = "127.0.0.1:-1"; },
-       "metrics address must be host:port"},
+       "metrics address must be host:port with a port in 0..65535 (0: any free port), got"},
+      {[](ServerOptions& o) { o.max_retained_bytes = -1; }, "max retained bytes must be >= 0"},
       {[](ServerOptions& o) { o.threads = 2000; }, "threads must be in 0..256"},
       {[](ServerOptions& o) { o.heartbeat_interval = absl::Nanoseconds(1); },
        "heartbeat interval must be in [100ms, 1h], got 1ns"},
