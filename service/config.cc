@@ -111,8 +111,8 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
   if (q.description().size() > 1024) return invalid("description must be at most 1024 bytes");
   s.description = q.description();
   matcher::QueueRules& r = s.rules;
-  if (q.team_count() < 1) return invalid("team_count must be >= 1");
-  if (q.team_size() < 1) return invalid("team_size must be >= 1");
+  if (q.team_count() < 1) return invalid("team_count is required (>= 1)");
+  if (q.team_size() < 1) return invalid("team_size is required (>= 1)");
   if (uint64_t{q.team_count()} * q.team_size() > matcher::QueueRules::kMaxPlayersPerMatch) {
     return invalid(absl::StrCat("team_count * team_size must be <= ",
                                 matcher::QueueRules::kMaxPlayersPerMatch));
@@ -136,22 +136,26 @@ absl::StatusOr<QueueSettings> ToSettings(const cfg::QueueConfig& q, int index) {
     if (q.rating().has_widen_time()) {
       r.widen_time = FromProto(q.rating().widen_time());
       if (r.widen_time <= absl::ZeroDuration() || r.widen_time > absl::Hours(1)) {
-        return invalid("rating.widen_time must be in (0s, 1h]");
+        return invalid(absl::StrCat("rating.widen_time must be in (0s, 1h], got ",
+                                    absl::FormatDuration(r.widen_time)));
       }
       if (r.wait_cost == 0) return invalid("rating.widen_time needs rating.wait_cost");
     }
   }
   r.max_wait = q.has_max_wait() ? FromProto(q.max_wait()) : absl::Seconds(120);
   if (r.max_wait <= absl::ZeroDuration() || r.max_wait > absl::Hours(1)) {
-    return invalid("max_wait must be in (0s, 1h]");
+    return invalid(
+        absl::StrCat("max_wait must be in (0s, 1h], got ", absl::FormatDuration(r.max_wait)));
   }
   s.poll_ttl = q.has_poll_ttl() ? FromProto(q.poll_ttl()) : absl::Seconds(30);
   if (s.poll_ttl <= absl::ZeroDuration() || s.poll_ttl > absl::Hours(1)) {
-    return invalid("poll_ttl must be in (0s, 1h]");
+    return invalid(
+        absl::StrCat("poll_ttl must be in (0s, 1h], got ", absl::FormatDuration(s.poll_ttl)));
   }
   s.reattach_grace = q.has_reattach_grace() ? FromProto(q.reattach_grace()) : absl::Seconds(10);
   if (s.reattach_grace < absl::ZeroDuration() || s.reattach_grace > absl::Hours(1)) {
-    return invalid("reattach_grace must be in [0s, 1h]");
+    return invalid(absl::StrCat("reattach_grace must be in [0s, 1h], got ",
+                                absl::FormatDuration(s.reattach_grace)));
   }
   if (q.max_waiting_tickets() > kMaxQueueWaitingTickets) {
     return invalid(absl::StrCat("max_waiting_tickets must be <= ", kMaxQueueWaitingTickets,

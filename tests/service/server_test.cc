@@ -1158,13 +1158,13 @@ TEST(ConfigTest, LimitsAndDurationsAreBounded) {
   EXPECT_THAT(error(R"(, "maxWaitingTickets": 4294967295)"),
               HasSubstr("maxWaitingTickets must be <= 100000000 (0: 200000), got 4294967295"));
   EXPECT_THAT(error(R"(, "reattachGrace": "100000s")"),
-              HasSubstr("reattachGrace must be in [0s, 1h]"));
-  EXPECT_THAT(error(R"(, "pollTtl": "7200s")"), HasSubstr("pollTtl must be in (0s, 1h]"));
+              HasSubstr("reattachGrace must be in [0s, 1h], got 27h46m40s"));
+  EXPECT_THAT(error(R"(, "pollTtl": "7200s")"), HasSubstr("pollTtl must be in (0s, 1h], got 2h"));
   // A queue's name is quoted as given, even when it spells a field's name.
   EXPECT_THAT(std::string(ParseConfig(R"({"queues": [{"name": "team_size", "teamCount": 2}]})")
                               .status()
                               .message()),
-              HasSubstr(R"(queues[0] ("team_size"): teamSize must be >= 1)"));
+              HasSubstr(R"(queues[0] ("team_size"): teamSize is required (>= 1))"));
   EXPECT_THAT(error(R"(, "minPlayers": 2, "partialAfter": "7200s")"),
               HasSubstr("partialAfter must be at most 1h"));
   EXPECT_THAT(error(R"(, "description": ")" + std::string(1025, 'x') + "\""),
