@@ -53,6 +53,8 @@ EventLoop::TimerId EventLoop::RunAt(absl::Time when, Task task) {
   TimerSlot& s = timer_slots_[slot];
   ++s.generation;
   s.armed = true;
+  timers_armed_.store(timers_armed_.load(std::memory_order_relaxed) + 1,
+                      std::memory_order_relaxed);
   s.task = std::move(task);
   timer_heap_.push_back(TimerEntry{when, timer_order_++, slot, s.generation});
   std::push_heap(timer_heap_.begin(), timer_heap_.end(), std::greater<TimerEntry>());
@@ -86,6 +88,8 @@ void EventLoop::FreeTimerSlot(uint32_t slot) {
   TimerSlot& s = timer_slots_[slot];
   s.task = nullptr;
   s.armed = false;
+  timers_armed_.store(timers_armed_.load(std::memory_order_relaxed) - 1,
+                      std::memory_order_relaxed);
   free_timer_slots_.push_back(slot);
 }
 

@@ -64,6 +64,9 @@ class EventLoop final {
   // Cancels a timer that has not run. Unknown or already-run ids (and 0) are
   // ignored. Loop thread only.
   void CancelTimer(TimerId id);
+  // Timers armed and not yet run or cancelled. Any thread (a diagnostic:
+  // a count that only grows is a leak of timers).
+  size_t timers_armed() const { return timers_armed_.load(std::memory_order_relaxed); }
   // Shuts the completion queue down (call after grpc::Server::Shutdown),
   // lets the loop drain it, and joins the thread. Pending timers are dropped.
   void StopAndJoin();
@@ -139,6 +142,8 @@ class EventLoop final {
   void PopTimer();
   std::vector<TimerSlot> timer_slots_;
   std::vector<uint32_t> free_timer_slots_;
+  // timer_slots_ in use; written on the loop thread only.
+  std::atomic<size_t> timers_armed_{0};
   uint64_t timer_order_ = 0;
 };
 

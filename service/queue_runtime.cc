@@ -328,13 +328,17 @@ void QueueRuntime::ArmFifo(DueFifo* fifo, absl::Time not_before) {
   if (fifo->entries.empty()) return;
   // Two pointers: the task fits in EventLoop::Task without an allocation.
   fifo->timer = loop_->RunAt(std::max(fifo->entries.front().at, not_before), [this, fifo] {
-    fifo->timer = 0;
+    // Still marked armed while the entries run: one that pushes another (a
+    // heartbeat scheduling the next) must not arm a second timer beside the
+    // one armed below, or every run would leave one more chain of them.
+    fifo->timer = kFifoRunning;
     const absl::Time now = runtime_->clock->Now();
     while (!fifo->entries.empty() && fifo->entries.front().at <= now) {
       const TicketKey key = fifo->entries.front().key;
       fifo->entries.pop_front();
       (this->*(fifo->on_due))(key);
     }
+    fifo->timer = 0;
     ArmFifo(fifo, now + kFifoBatch);
   });
 }

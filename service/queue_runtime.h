@@ -129,9 +129,10 @@ class QueueRuntime final : private matcher::PoolListener {
   struct DueFifo {
     explicit DueFifo(void (QueueRuntime::*handler)(matcher::TicketKey)) : on_due(handler) {}
     std::deque<Due> entries;
-    EventLoop::TimerId timer = 0;  // armed on the front; 0: none
+    EventLoop::TimerId timer = 0;  // armed on the front; 0: none; kFifoRunning: running
     void (QueueRuntime::*const on_due)(matcher::TicketKey);
   };
+  static constexpr EventLoop::TimerId kFifoRunning = ~EventLoop::TimerId{0};
   // Appends an entry and arms the FIFO's timer if it has none.
   void PushDue(DueFifo* fifo, matcher::TicketKey key, absl::Time at);
   // Runs (this->*on_due)(key) for each entry of `fifo` when its time comes:

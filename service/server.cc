@@ -345,6 +345,12 @@ void MatchmakerServer::Shutdown(absl::Duration grace) {
   exposer_.reset();
 }
 
+size_t MatchmakerServer::timers_armed() const {
+  size_t armed = 0;
+  for (const auto& loop : runtime_->loops) armed += loop->timers_armed();
+  return armed;
+}
+
 void MatchmakerServer::WakeLoops() {
   for (auto& loop : runtime_->loops) loop->Post([] {});
 }

@@ -116,6 +116,9 @@ class MatchmakerServer final {
   // Wakes every loop so that timers due by a manual clock run.
   void WakeLoops();
 
+  // Timers armed on all loops (EventLoop::timers_armed).
+  size_t timers_armed() const;
+
  private:
   MatchmakerServer() = default;
 

@@ -836,6 +836,25 @@ TEST(ServerTest, WatchTicketReattachesADroppedFindMatchAndResumesAfterSeq) {
   EXPECT_TRUE(nothing->events().empty());
 }
 
+// Heartbeats are served by one timer per queue, whatever they schedule while
+// it runs: the count of armed timers stays flat as heartbeats go by (each
+// run used to leave one more timer chain behind).
+TEST(ServerTest, HeartbeatsDoNotMultiplyTimers) {
+  TestServer ts;
+  auto waiting = EventStream::Find(ts.stub(), "duel", {MakePlayer("alone", 1500)});
+  ASSERT_TRUE(waiting->Expect().has_queued());
+  ts.Advance(absl::Seconds(5));
+  ASSERT_TRUE(waiting->Expect().has_searching());
+  const size_t before = ts.server().timers_armed();
+  for (int i = 0; i < 10; ++i) {
+    ts.Advance(absl::Seconds(5));
+    ASSERT_TRUE(waiting->Expect().has_searching());
+  }
+  // A timer or two may be between run and re-arm when read.
+  EXPECT_LE(ts.server().timers_armed(), before + 2);
+  waiting->Cancel();
+}
+
 // Re-attaching restarts the heartbeats: the one that was due under the old
 // stream is not sent as well.
 TEST(ServerTest, ReattachRestartsHeartbeatsWithoutAStaleOne) {
