@@ -1642,10 +1642,11 @@ Explanation Pool::Explain(TicketKey key, absl::Time now) const {
   int reach_region = -1;
   explanation.players_in_reach =
       impl_->PlayersInReach(ticket, now, explanation.players_needed, &reach_region);
-  if (explanation.blocker != Blocker::kNone &&
-      explanation.players_in_reach < explanation.players_needed) {
-    // However long it waits, too few players can play with this ticket for a
-    // full match (a lone ticket over the latency limit is told that, not
+  // The fewest players any match of this queue has (a partial lobby's).
+  const int fewest = rules_.min_players > 0 ? rules_.min_players : explanation.players_needed;
+  if (explanation.blocker != Blocker::kNone && explanation.players_in_reach < fewest) {
+    // However long it waits, too few players can play with this ticket for
+    // any match (a lone ticket over the latency limit is told that, not
     // when the limit covers it).
     explanation.blocker = Blocker::kNotEnoughPlayers;
     explanation.acceptable_at.reset();

@@ -497,21 +497,24 @@ void StreamCall::Sweep(Runtime* runtime, EventLoop* loop) {
   for (StreamCall* call = runtime->streams[loop->index()]; call != nullptr; call = call->next_) {
     const bool pending = (call->write_in_flight_ || call->finish_in_flight_) && !call->done_;
     if (!pending) {
-      call->pending_at_sweep_ = false;
+      call->stalled_sweeps_ = 0;
       continue;
     }
-    if (call->pending_at_sweep_ && call->writes_done_ == call->swept_writes_) {
-      // Pending since the sweep before: the caller takes nothing.
-      if (LogEnabled(LogLevel::kDebug)) {
-        Log(LogLevel::kDebug, "a caller's connection takes no events; stream cancelled",
-            {{"peer", call->ctx_.peer()}});
-      }
-      call->ctx_.TryCancel();
-      call->pending_at_sweep_ = false;
+    if (call->stalled_sweeps_ == 0 || call->writes_done_ != call->swept_writes_) {
+      // A stall starts (or the last one moved on).
+      call->stalled_sweeps_ = 1;
+      call->swept_writes_ = call->writes_done_;
       continue;
     }
-    call->pending_at_sweep_ = true;
-    call->swept_writes_ = call->writes_done_;
+    if (++call->stalled_sweeps_ < 3) continue;
+    // Pending, with no progress, at three sweeps in a row: for at least
+    // stalled_write_after (two intervals), the caller took nothing.
+    if (LogEnabled(LogLevel::kDebug)) {
+      Log(LogLevel::kDebug, "a caller's connection takes no events; stream cancelled",
+          {{"peer", call->ctx_.peer()}});
+    }
+    call->ctx_.TryCancel();
+    call->stalled_sweeps_ = 0;
   }
 }
 

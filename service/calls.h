@@ -46,8 +46,8 @@ class StreamCall final {
   void Close(grpc::Status status, grpc::ByteBuffer* last);
 
   // On `loop`, every RuntimeLimits::stalled_write_after / 2: cancels the
-  // loop's streams whose write (or final status) made no progress since the
-  // sweep before. A caller that stopped reading (or whose flow-control
+  // loop's streams whose write (or final status) made no progress over three
+  // sweeps in a row (stalled for stalled_write_after at least, 1.5x at most). A caller that stopped reading (or whose flow-control
   // window stays shut) would otherwise hold its call, and events queued
   // behind it, until the connection ends, and its ticket could be matched
   // with nobody to tell; cancelled, it is handled like a dropped call.
@@ -98,8 +98,8 @@ class StreamCall final {
   StreamCall* prev_ = nullptr;
   StreamCall* next_ = nullptr;
   uint32_t writes_done_ = 0;    // writes and finishes completed
-  uint32_t swept_writes_ = 0;   // writes_done_ at the last sweep that saw one pending
-  bool pending_at_sweep_ = false;
+  uint32_t swept_writes_ = 0;   // writes_done_ when the current stall was first seen
+  int stalled_sweeps_ = 0;      // sweeps in a row that saw a write pending, no progress
 
   MemberCompletion<StreamCall> requested_tag_{this, &StreamCall::OnRequested};
   MemberCompletion<StreamCall> written_tag_{this, &StreamCall::OnWritten};

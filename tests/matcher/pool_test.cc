@@ -538,6 +538,25 @@ TEST(PoolTest, ExplainNamesTheLatencyWhenOnlyAFarRegionHasThePlayers) {
   EXPECT_EQ(listener.matches[0].region, 0);
 }
 
+TEST(PoolTest, ExplainInAPartialLobbyQueueCountsAgainstTheSmallestLobby) {
+  RecordingListener listener;
+  // 8 players, or a lobby of 4 after 1 s; 50 ms widening 5 ms/s.
+  Pool pool(WithRegions(Partial(Rated(8, 1, 1, 1000, 0), 4, absl::Seconds(1)), 50, 5), &listener);
+  ASSERT_TRUE(pool.Add(InRegions(Ticket(1, 1500, kT0), {100, -1, -1})).ok());
+  for (TicketKey key : {2, 3, 4}) {
+    ASSERT_TRUE(pool.Add(InRegions(Ticket(key, 1500, kT0), {10, -1, -1})).ok());
+  }
+  pool.Process(kT0);
+  // Too few for 8, enough for a lobby of 4 once the limit covers ticket 1
+  // (100 ms at 10 s): the latency, not the player count, is what it waits for.
+  const Explanation e = pool.Explain(1, kT0 + absl::Seconds(2));
+  EXPECT_EQ(e.blocker, Blocker::kLatency);
+  EXPECT_EQ(e.acceptable_at, kT0 + absl::Seconds(10));
+  pool.Process(kT0 + absl::Seconds(10));
+  ASSERT_EQ(listener.matches.size(), 1u);
+  EXPECT_THAT(AllKeys(listener.matches[0]), ::testing::UnorderedElementsAre(1, 2, 3, 4));
+}
+
 TEST(PoolTest, ExplainCountsOnlyThePlayersATicketCanMeet) {
   RecordingListener listener;
   Pool pool(Rated(2, 1, 1, 1000, 0), &listener);
