@@ -218,7 +218,7 @@ void PrintTable(const std::vector<Row>& rows, bool one_v_one, double bound_k) {
                   r.summary.latency_mean, r.summary.latency_p99, 100 * r.summary.best_region_share);
     }
   }
-  std::printf("(waits in s over matched players; gap = team-mean gap%s; K = %s x mean wait x "
+  std::printf("(waits in s over matched and expired players; gap = team-mean gap%s; K = %s x mean wait x "
               "players/s%s)\n",
               one_v_one ? " = |rating difference|" : "", one_v_one ? "mean gap" : "mean spread",
               bound_k > 0 ? absl::StrFormat("; bound K = %.0f (offline optimum)", bound_k).c_str()

@@ -74,6 +74,12 @@ for seed in 1 2 3; do
   run "target, seed $seed: 1v1, 1/s, waitCost + widenTime" --seed=$seed --algorithms=matchd \
     --rate=1 --duration=20000 --wait_cost=1 --widen=0.1 --widen_time=30
 done
+# The same with a cap on the window (maxWindow): the lowest p99 found with the
+# same conditions on seeds 1-6 (docs/QUALITY.md, "A cap for the tail").
+for seed in 1 2 3 4 5 6; do
+  run "target, seed $seed: 1v1, 10/s, tail with maxWindow" --seed=$seed --algorithms=matchd \
+    --rate=10 --duration=3600 --wait_cost=0.45 --widen=1.3 --widen_time=3.25 --max_window=90
+done
 run "target: 5v5 solo, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \
   --duration=3600 --initial_window=35 --widen=18 --max_window=300
 run "target: 5v5 parties, 20/s" --algorithms=matchd,both-windows,batch --team_size=5 --rate=20 \

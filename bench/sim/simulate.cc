@@ -195,29 +195,32 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
   };
   std::vector<double> waits;
   std::vector<std::vector<double>> waits_by_party;
-  std::vector<std::pair<double, double>> rating_wait;  // per matched player
+  std::vector<std::pair<double, double>> rating_wait;  // per matched or expired player
   int matched = 0, abandoned = 0, expired = 0;
   for (size_t i = 0; i < tickets.size(); ++i) {
     if (!measured(static_cast<int>(i))) continue;
     ++s.tickets;
     s.players += tickets[i].party_size();
-    switch (result.outcome[i]) {
-      case Outcome::kMatched: {
-        ++matched;
-        const double wait = result.done_s[i] - tickets[i].arrival_s;
-        for (double r : tickets[i].member_ratings) {
-          waits.push_back(wait);
-          rating_wait.push_back({r, wait});
-        }
-        const size_t size = tickets[i].party_size();
-        if (waits_by_party.size() < size) waits_by_party.resize(size);
-        waits_by_party[size - 1].push_back(wait);
-        break;
-      }
+    const Outcome outcome = result.outcome[i];
+    switch (outcome) {
+      case Outcome::kMatched: ++matched; break;
       case Outcome::kAbandoned: ++abandoned; break;
       case Outcome::kExpired: ++expired; break;
       case Outcome::kWaiting: break;
     }
+    // An expired player waited until its maximum wait for nothing: its wait
+    // counts, or a rule that leaves its hardest tickets to expire would look
+    // faster than one that matches them late. Abandoned players chose when to
+    // leave; their patience is the workload's, not the algorithm's.
+    if (outcome != Outcome::kMatched && outcome != Outcome::kExpired) continue;
+    const double wait = result.done_s[i] - tickets[i].arrival_s;
+    for (double r : tickets[i].member_ratings) {
+      waits.push_back(wait);
+      rating_wait.push_back({r, wait});
+    }
+    const size_t size = tickets[i].party_size();
+    if (waits_by_party.size() < size) waits_by_party.resize(size);
+    waits_by_party[size - 1].push_back(wait);
   }
   if (s.tickets == 0) return s;
   s.matched_share = double(matched) / s.tickets;
@@ -315,7 +318,7 @@ Summary Summarize(const std::vector<SimTicket>& tickets, const SimResult& result
   s.best_region_share = placed_players ? double(in_best_region) / placed_players : 0;
   s.k = (one_v_one ? s.gap_mean : s.spread_mean) * s.wait_mean * s.players_per_s;
 
-  // Tail fairness: the 1 % of matched players at either end of the ratings.
+  // Tail fairness: the 1 % of matched or expired players at either end of the ratings.
   std::sort(rating_wait.begin(), rating_wait.end());
   const size_t tail = std::max<size_t>(1, rating_wait.size() / 100);
   if (!rating_wait.empty()) {

@@ -59,7 +59,8 @@ struct Summary {
   double matched_share = 0;    // of measured tickets
   double abandoned_share = 0;
   double expired_share = 0;
-  // Waits of matched players, seconds.
+  // Waits of matched and expired players, seconds (an expired player counts
+  // with its whole wait).
   double wait_mean = 0, wait_p50 = 0, wait_p90 = 0, wait_p99 = 0, wait_max = 0;
   int matches = 0;
   // Two-team matches: the gap between team mean ratings (1v1: |Δrating|).
@@ -78,7 +79,7 @@ struct Summary {
   // K = mean quality × mean wait × players/s, quality being the gap for 1v1
   // and the spread for larger matches (see docs/QUALITY.md).
   double k = 0;
-  // p50 and p99 wait of matched players by party size (index = size - 1).
+  // p50 and p99 wait of matched and expired players by party size (index = size - 1).
   std::vector<double> wait_p50_by_party, wait_p99_by_party;
   // p99 wait of the 1 % highest and 1 % lowest rated measured players.
   double wait_p99_top1 = 0, wait_p99_bottom1 = 0;

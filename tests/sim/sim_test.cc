@@ -284,6 +284,23 @@ TEST(SummarizeTest, MeasuresWaitsGapsAndFairness) {
   EXPECT_DOUBLE_EQ(late.gap_mean, 200);
 }
 
+TEST(SummarizeTest, ExpiredPlayersCountWithTheirWholeWait) {
+  // One match after 2 s; ticket 3 expired after 600 s; ticket 4 gave up after 5 s.
+  const std::vector<SimTicket> stream = {Solo(1, 0, 1000), Solo(2, 2, 1010), Solo(3, 3, 2900),
+                                         Solo(4, 4, 1500)};
+  SimResult r;
+  r.outcome = {Outcome::kMatched, Outcome::kMatched, Outcome::kExpired, Outcome::kAbandoned};
+  r.done_s = {2, 2, 603, 9};
+  r.matches = {{2, {{0}, {1}}}};
+  const Summary s = Summarize(stream, r, 0, 10);
+  EXPECT_DOUBLE_EQ(s.expired_share, 0.25);
+  EXPECT_DOUBLE_EQ(s.wait_max, 600);
+  EXPECT_DOUBLE_EQ(s.wait_mean, (2 + 0 + 600) / 3.0);
+  EXPECT_DOUBLE_EQ(s.wait_p99, 600);
+  EXPECT_DOUBLE_EQ(s.wait_p99_top1, 600);  // the highest rated is the expired one
+  EXPECT_DOUBLE_EQ(s.gap_mean, 10);
+}
+
 TEST(SummarizeTest, TeamMatchesReportSpreadAndSlotDeltas) {
   std::vector<SimTicket> stream;
   const double ratings[] = {1000, 1400, 1100, 1300};
