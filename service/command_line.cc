@@ -40,6 +40,14 @@ CommandLine ParseFlags(int argc, char** argv) {
       result.help = true;
       continue;
     }
+    if (name == "version") {
+      if (eq != absl::string_view::npos) {
+        result.error = "--version takes no value";
+        return result;
+      }
+      result.version = true;
+      continue;
+    }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     bool negated = false;
     if ((flag == nullptr || IsAbseils(*flag)) && absl::StartsWith(name, "no")) {

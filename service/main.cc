@@ -21,6 +21,7 @@
 #include "service/config.h"
 #include "service/log.h"
 #include "service/server.h"
+#include "service/version.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
           "Address to serve gRPC on: host:port (port 0: any free one) or unix:PATH.");
@@ -101,6 +102,11 @@ int main(int argc, char** argv) {
   if (command_line.help) {
     std::cout << "usage: matchd [--flag=value ...]: a streaming matchmaking server\nflags:\n";
     matchd::PrintFlags(std::cout);
+    std::cout << "  --version\n      Print matchd's version and the gRPC and protobuf it runs on.\n";
+    return 0;
+  }
+  if (command_line.version && command_line.error.empty()) {
+    std::cout << matchd::VersionLine("matchd") << "\n";
     return 0;
   }
   if (!command_line.error.empty()) {
@@ -209,7 +215,9 @@ int main(int argc, char** argv) {
     }
   }
   matchd::Log(matchd::LogLevel::kInfo, "serving",
-              {{"port", server.port()},
+              {{"version", matchd::Version()},
+               {"grpc", matchd::GrpcVersion() + " from " + matchd::GrpcSource()},
+               {"port", server.port()},
                {"metrics_port", server.metrics_port()},
                {"queues", static_cast<int64_t>(queue_count)},
                {"config", config_path.empty() ? "embedded default" : config_path},

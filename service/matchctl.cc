@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "matchmaking/v1/matchmaking.grpc.pb.h"
 #include "service/command_line.h"
+#include "service/version.h"
 
 namespace mm = ::matchmaking::v1;
 
@@ -398,6 +399,11 @@ int main(int argc, char** argv) {
   if (command_line.help) {
     std::cout << kUsage << "\nflags:\n";
     matchd::PrintFlags(std::cout);
+    std::cout << "  --version\n      Print matchctl's version and the gRPC and protobuf it runs on.\n";
+    return 0;
+  }
+  if (command_line.version && command_line.error.empty()) {
+    std::cout << matchd::VersionLine("matchctl") << "\n";
     return 0;
   }
   if (!command_line.error.empty()) return Usage(command_line.error);

@@ -6,6 +6,8 @@
 
 #include <prometheus/metric_type.h>
 
+#include "service/version.h"
+
 namespace matchd {
 namespace {
 
@@ -160,8 +162,18 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
     lag.metric.push_back(histogram({{"loop", std::to_string(i)}}, loops_[i]->lag));
   }
 
+  // One series, always 1: which build answers (join on it to break a fleet
+  // down by version during a rollout).
+  auto build = Family("matchd_build_info",
+                      "matchd's version and the gRPC it runs on (always 1).", MetricType::Gauge);
+  prometheus::ClientMetric info = Labelled({{"version", Version()},
+                                            {"grpc_version", GrpcVersion()},
+                                            {"grpc_source", GrpcSource()}});
+  info.gauge.value = 1;
+  build.metric.push_back(std::move(info));
+
   std::vector<prometheus::MetricFamily> families;
-  for (auto* family : {&created, &ended, &waiting, &max_wait, &matches, &wait, &spread, &gap, &rpcs, &lag}) {
+  for (auto* family : {&build, &created, &ended, &waiting, &max_wait, &matches, &wait, &spread, &gap, &rpcs, &lag}) {
     families.push_back(std::move(*family));
   }
   return families;

@@ -465,6 +465,16 @@ class MatchdCommandLineTest(unittest.TestCase):
         self.assertIn('--drain_timeout (default: ', done.stdout)
         self.assertNotIn('--flagfile', done.stdout)
 
+    def test_version_names_the_build_and_exits_zero(self):
+        done = self.run_matchd('--version')
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertRegex(
+            done.stdout,
+            r'^matchd \d+\.\d+\.\d+ \(gRPC \d+\.\d+\.\d+ from \S+, protobuf \d+\.\d+\.\d+\)\n$')
+        done = self.run_matchd('--version=1')
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn('--version takes no value', done.stderr)
+
     def test_a_port_file_that_cannot_be_written_stops_the_server(self):
         tmp = tempfile.mkdtemp(prefix='matchd_e2e_')
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)

@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "service/metrics.h"
+#include "service/version.h"
 #include "tests/testing/test_server.h"
 
 namespace matchd::testing {
@@ -324,6 +325,10 @@ TEST(MetricsTest, PrometheusEndpointCountsTicketsMatchesAndRpcs) {
   EXPECT_EQ(Sample(text, "matchd_rpcs_total", {"method=\"FindMatch\"", "code=\"NOT_FOUND\""}),
             1);
   EXPECT_THAT(text, HasSubstr("matchd_event_loop_lag_seconds_bucket{"));
+  EXPECT_EQ(Sample(text, "matchd_build_info",
+                   {"version=\"" + std::string(Version()) + "\"",
+                    "grpc_version=\"" + GrpcVersion() + "\""}),
+            1);
 }
 
 // The metric of `family` in `families` whose labels include all of `labels`.

@@ -1483,6 +1483,8 @@ TEST(ServerTest, MatchctlExitsTwoForBadUsageAndZeroForHelp) {
   TestServer ts;
   EXPECT_EQ(RunMatchctl({"--server", ts.address(), "queues"}), 0);
   EXPECT_EQ(RunMatchctl({"--help"}), 0);
+  EXPECT_EQ(RunMatchctl({"--version"}), 0);
+  EXPECT_EQ(RunMatchctl({"--version=yes"}), 2);
   EXPECT_EQ(RunMatchctl({"--server", ts.address(), "--bogus", "queues"}), 2);
   EXPECT_EQ(RunMatchctl({"--server", ts.address(), "--timeout=abc", "queues"}), 2);
   // A flag the command does not take.
