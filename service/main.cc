@@ -39,6 +39,10 @@ ABSL_FLAG(absl::Duration, ticket_retention, absl::Seconds(60),
           "How long a finished ticket still answers GetTicket and WatchTicket.");
 ABSL_FLAG(int64_t, max_waiting_tickets, 1000000,
           "Most tickets waiting in all queues together (RESOURCE_EXHAUSTED beyond).");
+ABSL_FLAG(int64_t, max_waiting_bytes, int64_t{1} << 30,
+          "And at most this many bytes of waiting parties in all queues together "
+          "(serialized size, doubled; a ticket keeps its party, up to ~130 KiB counted; at "
+          "least 1 MiB; RESOURCE_EXHAUSTED beyond).");
 ABSL_FLAG(int64_t, max_retained_tickets, 100000,
           "Most finished tickets kept per queue for GetTicket/WatchTicket (the oldest go "
           "before --ticket_retention ends beyond it): bounds memory at any ticket rate.");
@@ -170,6 +174,7 @@ int main(int argc, char** argv) {
   options.queued_delay = absl::GetFlag(FLAGS_queued_delay);
   options.ticket_retention = absl::GetFlag(FLAGS_ticket_retention);
   options.max_waiting_tickets = absl::GetFlag(FLAGS_max_waiting_tickets);
+  options.max_waiting_bytes = absl::GetFlag(FLAGS_max_waiting_bytes);
   options.max_retained_tickets = absl::GetFlag(FLAGS_max_retained_tickets);
   options.max_retained_bytes = absl::GetFlag(FLAGS_max_retained_bytes);
   options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);

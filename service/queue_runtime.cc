@@ -93,6 +93,9 @@ struct QueueRuntime::Ticket {
   absl::Time heartbeat_at = absl::InfiniteFuture();
   // Finished: its share of retained_bytes_ (RetainedBytes), 0 before.
   int64_t retained_bytes = 0;
+  // Its party's serialized size, doubled for protobuf's objects: its share of
+  // Runtime::active_bytes while active, and part of RetainedBytes after.
+  int64_t party_bytes = 0;
 
   bool active() const { return state == mm::Ticket::QUEUED || state == mm::Ticket::DETACHED; }
 };
@@ -209,6 +212,16 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
     if (!data.ok()) return absl::InvalidArgumentError(data.status().message());
     custom = *data;
   }
+  // Fields this version does not know (a newer client's, or padding) would
+  // ride along in the ticket to every member of its match and to GetTicket:
+  // a caller's bytes forwarded to other callers. Dropped before anything
+  // counts the party's size.
+  int64_t party_bytes = 0;
+  for (mm::Player& p : *taken) {
+    const google::protobuf::Reflection* reflection = p.GetReflection();
+    if (!reflection->GetUnknownFields(p).empty()) reflection->MutableUnknownFields(&p)->Clear();
+    party_bytes += 2 * static_cast<int64_t>(p.ByteSizeLong());
+  }
   if (active_ >= settings_.max_waiting_tickets) {
     // Detached tickets (held for re-attach) count too, though they are not
     // in the pool's, or ListQueues', waiting counts.
@@ -224,9 +237,23 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
     return absl::ResourceExhaustedError(absl::StrCat("server is at its capacity of ", limit,
                                                      " waiting tickets; retry later or elsewhere"));
   }
+  const int64_t byte_limit = runtime_->limits.max_waiting_bytes;
+  if (runtime_->active_bytes.fetch_add(party_bytes) + party_bytes > byte_limit) {
+    runtime_->active_bytes.fetch_sub(party_bytes);
+    runtime_->active_tickets.fetch_sub(1);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "server is at its capacity of ", byte_limit / 1024,
+        " KiB of waiting parties (--max_waiting_bytes; this party counts ", party_bytes / 1024,
+        " KiB); retry later or elsewhere"));
+  }
+  // Undoes the two reservations above when the ticket cannot be added.
+  auto unreserve = [&] {
+    runtime_->active_bytes.fetch_sub(party_bytes);
+    runtime_->active_tickets.fetch_sub(1);
+  };
   Ticket* fresh = NewTicket();
   if (fresh == nullptr) {
-    runtime_->active_tickets.fetch_sub(1);
+    unreserve();
     return absl::ResourceExhaustedError(
         absl::StrCat("queue \"", settings_.name, "\" holds its maximum of ", kSlotMask + 1,
                      " tickets, waiting and retained; retry later"));
@@ -240,6 +267,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   t.rating = PartyRating(players);
   t.latency_ms = PartyLatency(players, settings_);
   t.custom = custom;
+  t.party_bytes = party_bytes;
   if (!settings_.match_attributes.empty()) {
     t.partition_key = PartitionKey(players, settings_);
     t.partition = AcquirePartition(t.partition_key);
@@ -250,20 +278,13 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   t.players.Swap(taken);  // `players` is empty from here on
   t.party_size = t.players.size();
   if (absl::Status added = pool_.Add(Spec(t)); !added.ok()) {
-    runtime_->active_tickets.fetch_sub(1);
+    unreserve();
     if (t.partition != 0) ReleasePartition(t.partition_key);
     taken->Swap(&t.players);
     EraseTicket(t.key);
     return added;
   }
-  for (mm::Player& p : t.players) {
-    players_[p.id()] = t.key;
-    // Fields this version does not know (a newer client's, or padding) would
-    // ride along in the ticket to every member of its match and to
-    // GetTicket: a caller's bytes forwarded to other callers.
-    const google::protobuf::Reflection* reflection = p.GetReflection();
-    if (!reflection->GetUnknownFields(p).empty()) reflection->MutableUnknownFields(&p)->Clear();
-  }
+  for (const mm::Player& p : t.players) players_[p.id()] = t.key;
   ++active_;
   t.queued_players_waiting = static_cast<uint32_t>(pool_.players_waiting());
   if (LogEnabled(LogLevel::kDebug)) {
@@ -678,6 +699,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     ReleasePlayers(t);  // (a matched ticket's players left in OnMatched)
     --active_;
     runtime_->active_tickets.fetch_sub(1);
+    runtime_->active_bytes.fetch_sub(t.party_bytes);
     if (t.partition != 0) ReleasePartition(t.partition_key);
     switch (state) {
       case mm::Ticket::MATCHED:
@@ -731,7 +753,7 @@ void QueueRuntime::ReleasePlayers(const Ticket& t) {
 // each of them. Serialized sizes, doubled for protobuf's objects and maps.
 int64_t QueueRuntime::RetainedBytes(const Ticket& t) {
   int64_t bytes = static_cast<int64_t>(sizeof(Ticket) + t.id.capacity() + t.detail.size());
-  for (const mm::Player& p : t.players) bytes += 2 * static_cast<int64_t>(p.ByteSizeLong());
+  if (!t.players.empty()) bytes += t.party_bytes;  // a matched ticket's went to the match
   bytes += static_cast<int64_t>(t.match.matched_field.size());
   return bytes;
 }

@@ -45,6 +45,7 @@ struct RuntimeLimits {
   absl::Duration queued_delay = absl::Milliseconds(50);  // ServerOptions::queued_delay
   absl::Duration ticket_retention = absl::Seconds(60);
   int64_t max_waiting_tickets = 1'000'000;  // across all queues
+  int64_t max_waiting_bytes = int64_t{1} << 30;  // ServerOptions::max_waiting_bytes
   // Finished tickets kept per queue for GetTicket/WatchTicket; beyond it the
   // oldest go before their retention ends, so memory stays bounded at any rate.
   int64_t max_retained_tickets = 100'000;
@@ -74,6 +75,8 @@ struct Runtime {
   std::atomic<bool> draining{false};
   // Tickets not yet in a terminal state, all queues together.
   std::atomic<int64_t> active_tickets{0};
+  // Their parties' bytes as QueueRuntime counts them (Ticket::party_bytes).
+  std::atomic<int64_t> active_bytes{0};
 
   QueueRuntime* FindQueue(const std::string& name) const;
 

@@ -113,6 +113,11 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.max_waiting_tickets < 1) {
     return absl::InvalidArgumentError("max waiting tickets must be >= 1");
   }
+  if (options.max_waiting_bytes < kMinWaitingBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max waiting bytes must be >= ", kMinWaitingBytes,
+        " (1 MiB: room for the largest valid ticket), got ", options.max_waiting_bytes));
+  }
   const std::pair<const char*, absl::Duration> durations[] = {
       {"keepalive_time", options.keepalive_time},
       {"keepalive_timeout", options.keepalive_timeout},
@@ -181,6 +186,7 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.queued_delay = options.queued_delay;
   rt.limits.ticket_retention = options.ticket_retention;
   rt.limits.max_waiting_tickets = options.max_waiting_tickets;
+  rt.limits.max_waiting_bytes = options.max_waiting_bytes;
   rt.limits.max_retained_tickets = options.max_retained_tickets;
   rt.limits.max_retained_bytes_per_queue =
       options.max_retained_bytes / static_cast<int64_t>(options.queues.size());

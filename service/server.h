@@ -23,6 +23,10 @@
 
 namespace matchd {
 
+// The least ServerOptions::max_waiting_bytes: the largest valid ticket (a
+// 64 KiB request, counted twice) fits several times over.
+inline constexpr int64_t kMinWaitingBytes = int64_t{1} << 20;
+
 struct ServerOptions {
   // host:port; port 0 picks a free port (see MatchmakerServer::port()).
   std::string listen_address = "0.0.0.0:50051";
@@ -39,6 +43,7 @@ struct ServerOptions {
   // How long a ticket in a terminal state still answers GetTicket/WatchTicket.
   absl::Duration ticket_retention = absl::Seconds(60);
   // Most tickets waiting in all queues together; beyond it RESOURCE_EXHAUSTED.
+  // (max_waiting_bytes below bounds their parties' size.)
   int64_t max_waiting_tickets = 1'000'000;
   // Most finished tickets kept per queue for GetTicket/WatchTicket; the
   // oldest go early beyond it, which bounds memory at any ticket rate.
@@ -47,6 +52,12 @@ struct ServerOptions {
   // together (each queue an equal share): a ticket keeps its party, up to
   // ~66 KiB, so the count alone does not bound their memory.
   int64_t max_retained_bytes = int64_t{512} << 20;
+  // Most bytes of parties in waiting tickets (QUEUED or DETACHED), all queues
+  // together; beyond it RESOURCE_EXHAUSTED. A waiting ticket keeps its party
+  // as sent (up to the 64 KiB request limit), so max_waiting_tickets alone
+  // does not bound their memory. Counted as the parties' serialized size,
+  // doubled for protobuf's objects. At least kMinWaitingBytes.
+  int64_t max_waiting_bytes = int64_t{1} << 30;
   // Largest request message accepted by gRPC (RESOURCE_EXHAUSTED beyond);
   // matchd's own limit (INVALID_ARGUMENT) is lower, see validation.h.
   int max_receive_message_bytes = 4 * 1024 * 1024;

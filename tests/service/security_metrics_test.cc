@@ -214,6 +214,8 @@ TEST(StartTest, OptionsOutOfRangeAreRefusedAtStart) {
       {[](ServerOptions& o) { o.metrics_listen = "127.0.0.1:-1"; },
        "metrics address must be host:port with a port in 0..65535 (0: any free port), got"},
       {[](ServerOptions& o) { o.max_retained_bytes = -1; }, "max retained bytes must be >= 0"},
+      {[](ServerOptions& o) { o.max_waiting_bytes = 1000; },
+       "max waiting bytes must be >= 1048576 (1 MiB: room for the largest valid ticket), got 1000"},
       {[](ServerOptions& o) { o.threads = 2000; }, "threads must be in 0..256"},
       {[](ServerOptions& o) { o.heartbeat_interval = absl::Nanoseconds(1); },
        "heartbeat interval must be in [100ms, 1h], got 1ns"},

@@ -653,6 +653,43 @@ TEST(ServerTest, FinishedTicketsAreKeptWithinTheirByteBudget) {
   for (const std::string& id : small) EXPECT_EQ(ts.GetTicket(id).state(), mm::Ticket::CANCELLED);
 }
 
+// Waiting tickets are also bounded in bytes: a ticket keeps its party, so
+// large parties fill a server long before --max_waiting_tickets does.
+TEST(ServerTest, WaitingPartiesAreBoundedInBytes) {
+  TestServerOptions options;
+  options.max_waiting_bytes = kMinWaitingBytes;
+  TestServer ts(options);
+  auto big = [](int i) {
+    mm::Player p = MakePlayer(absl::StrCat("big", i), 500.0 * i);  // too far apart to match
+    for (int a = 0; a < 16; ++a) (*p.mutable_attributes())[absl::StrCat("k", a)] = std::string(256, 'v');
+    return p;
+  };
+  // Counted as the serialized size, doubled: about 9 KiB each.
+  const int64_t each = 2 * static_cast<int64_t>(big(0).ByteSizeLong());
+  const int fit = static_cast<int>(kMinWaitingBytes / each);
+  std::vector<std::string> ids;
+  for (int i = 0; i < fit; ++i) {
+    mm::Ticket t;
+    const grpc::Status created = CreateTicket(ts.stub(), "duel", {big(i)}, &t);
+    ASSERT_TRUE(created.ok()) << i << ": " << created.error_message();
+    ids.push_back(t.ticket_id());
+  }
+  mm::Ticket refused;
+  grpc::Status s = CreateTicket(ts.stub(), "duel", {big(fit)}, &refused);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("1024 KiB of waiting parties (--max_waiting_bytes"));
+  EXPECT_EQ(FindError(ts.stub(), "duel", {big(fit)}).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // The room left still takes a small ticket: it is bytes, not a count.
+  mm::Ticket small;
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("small", -50000)}, &small).ok());
+  // A ticket that ends gives its bytes back.
+  mm::Ticket cancelled;
+  ASSERT_TRUE(CancelTicket(ts.stub(), ids[0], &cancelled).ok());
+  mm::Ticket again;
+  EXPECT_TRUE(CreateTicket(ts.stub(), "duel", {big(fit)}, &again).ok());
+}
+
 // Fields a player carries that this version does not know are not kept, so
 // not forwarded to the other members of its match.
 TEST(ServerTest, UnknownFieldsOfAPlayerAreNotForwarded) {

@@ -44,6 +44,7 @@ TestServer::TestServer(TestServerOptions options) {
   server_options.heartbeat_interval = options.heartbeat;
   server_options.queued_delay = options.queued_delay;
   server_options.max_waiting_tickets = options.max_waiting_tickets;
+  server_options.max_waiting_bytes = options.max_waiting_bytes;
   server_options.max_retained_tickets = options.max_retained_tickets;
   server_options.max_retained_bytes = options.max_retained_bytes;
   server_options.clock = &clock_;

@@ -26,6 +26,7 @@ struct TestServerOptions {
   // 0 here (matchd's default is 50 ms): most tests want `queued` at once.
   absl::Duration queued_delay = absl::ZeroDuration();
   int64_t max_waiting_tickets = 10000;
+  int64_t max_waiting_bytes = int64_t{1} << 30;
   int64_t max_retained_tickets = 100000;
   int64_t max_retained_bytes = int64_t{512} << 20;
   absl::Duration keepalive_time = absl::Seconds(30);
