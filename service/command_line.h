@@ -20,7 +20,7 @@ namespace matchd {
 struct CommandLine {
   std::vector<std::string> positional;  // the arguments that are not flags, in order
   bool help = false;                    // --help, --helpfull, --helpshort or -h was given
-  bool version = false;                 // --version was given
+  bool version = false;                 // --version was given (before any error)
   std::string error;                    // not empty: bad usage, and why
 };
 

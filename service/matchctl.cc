@@ -402,7 +402,7 @@ int main(int argc, char** argv) {
     std::cout << "  --version\n      Print matchctl's version and the gRPC and protobuf it runs on.\n";
     return 0;
   }
-  if (command_line.version && command_line.error.empty()) {
+  if (command_line.version) {  // like --help: wins over anything after it
     std::cout << matchd::VersionLine("matchctl") << "\n";
     return 0;
   }

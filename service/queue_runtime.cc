@@ -238,13 +238,14 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
                                                      " waiting tickets; retry later or elsewhere"));
   }
   const int64_t byte_limit = runtime_->limits.max_waiting_bytes;
-  if (runtime_->active_bytes.fetch_add(party_bytes) + party_bytes > byte_limit) {
+  if (const int64_t held = runtime_->active_bytes.fetch_add(party_bytes);
+      held + party_bytes > byte_limit) {
     runtime_->active_bytes.fetch_sub(party_bytes);
     runtime_->active_tickets.fetch_sub(1);
     return absl::ResourceExhaustedError(absl::StrCat(
-        "server is at its capacity of ", byte_limit / 1024,
-        " KiB of waiting parties (--max_waiting_bytes; this party counts ", party_bytes / 1024,
-        " KiB); retry later or elsewhere"));
+        "server is at its capacity for waiting parties: they hold ", held, " of the ", byte_limit,
+        " bytes --max_waiting_bytes allows, and this party counts ", party_bytes,
+        " (twice its serialized size); retry later or elsewhere"));
   }
   // Undoes the two reservations above when the ticket cannot be added.
   auto unreserve = [&] {

@@ -660,34 +660,64 @@ TEST(ServerTest, WaitingPartiesAreBoundedInBytes) {
   options.max_waiting_bytes = kMinWaitingBytes;
   TestServer ts(options);
   auto big = [](int i) {
-    mm::Player p = MakePlayer(absl::StrCat("big", i), 500.0 * i);  // too far apart to match
+    // 500 apart: too far to match, until the windows widen.
+    mm::Player p = MakePlayer(absl::StrCat("big", i), 500.0 * i + 250);
     for (int a = 0; a < 16; ++a) (*p.mutable_attributes())[absl::StrCat("k", a)] = std::string(256, 'v');
     return p;
   };
   // Counted as the serialized size, doubled: about 9 KiB each.
-  const int64_t each = 2 * static_cast<int64_t>(big(0).ByteSizeLong());
-  const int fit = static_cast<int>(kMinWaitingBytes / each);
-  std::vector<std::string> ids;
+  auto counted = [](const mm::Player& p) { return 2 * static_cast<int64_t>(p.ByteSizeLong()); };
+  int fit = 0;
+  int64_t held = 0;
+  while (held + counted(big(fit)) <= kMinWaitingBytes) held += counted(big(fit++));
+  const mm::Player small_player = MakePlayer("small", -50000);
+  const mm::Player twin = MakePlayer("twin", 750);  // big1's rating
+  // The room the steps below need (the test's own arithmetic, not matchd's).
+  ASSERT_GE(kMinWaitingBytes - held,
+            counted(small_player) + counted(big(fit)) - counted(big(0)) + counted(twin));
+
+  std::vector<std::string> waiting;
   for (int i = 0; i < fit; ++i) {
     mm::Ticket t;
     const grpc::Status created = CreateTicket(ts.stub(), "duel", {big(i)}, &t);
     ASSERT_TRUE(created.ok()) << i << ": " << created.error_message();
-    ids.push_back(t.ticket_id());
+    waiting.push_back(t.ticket_id());
   }
   mm::Ticket refused;
   grpc::Status s = CreateTicket(ts.stub(), "duel", {big(fit)}, &refused);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(s.error_message(), HasSubstr("1024 KiB of waiting parties (--max_waiting_bytes"));
+  EXPECT_THAT(s.error_message(),
+              HasSubstr(absl::StrCat("they hold ", held, " of the ", kMinWaitingBytes,
+                                     " bytes --max_waiting_bytes allows, and this party counts ",
+                                     counted(big(fit)))));
   EXPECT_EQ(FindError(ts.stub(), "duel", {big(fit)}).error_code(),
             grpc::StatusCode::RESOURCE_EXHAUSTED);
   // The room left still takes a small ticket: it is bytes, not a count.
   mm::Ticket small;
-  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {MakePlayer("small", -50000)}, &small).ok());
-  // A ticket that ends gives its bytes back.
-  mm::Ticket cancelled;
-  ASSERT_TRUE(CancelTicket(ts.stub(), ids[0], &cancelled).ok());
-  mm::Ticket again;
-  EXPECT_TRUE(CreateTicket(ts.stub(), "duel", {big(fit)}, &again).ok());
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {small_player}, &small).ok());
+  waiting.push_back(small.ticket_id());
+  // Every way a ticket ends gives its bytes back. A cancel:
+  mm::Ticket ended;
+  ASSERT_TRUE(CancelTicket(ts.stub(), waiting[0], &ended).ok());
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {big(fit)}, &ended).ok());
+  waiting[0] = ended.ticket_id();
+  EXPECT_EQ(CreateTicket(ts.stub(), "duel", {big(fit + 1)}, &refused).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // A match: a small ticket at big1's rating takes it at once.
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {twin}, &ended).ok());
+  ASSERT_EQ(ended.state(), mm::Ticket::MATCHED);
+  waiting.erase(waiting.begin() + 1);
+  ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {big(fit + 1)}, &ended).ok());
+  waiting.push_back(ended.ticket_id());
+  // The queue's maximum wait (and the matches the widened windows make
+  // before it): the whole budget is free again.
+  ts.Advance(absl::Seconds(61));
+  for (const std::string& id : waiting) {
+    ASSERT_NE(ts.WaitUntilNot(id, mm::Ticket::QUEUED).state(), mm::Ticket::QUEUED);
+  }
+  for (int i = 0; i < fit; ++i) {
+    ASSERT_TRUE(CreateTicket(ts.stub(), "duel", {big(i)}, &ended).ok()) << i;
+  }
 }
 
 // Fields a player carries that this version does not know are not kept, so
