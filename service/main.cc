@@ -76,6 +76,10 @@ ABSL_FLAG(int64_t, memory_quota, 0,
           "gRPC memory quota in bytes (0: none); keep it below the container's memory limit.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain; with --tls_key enables TLS.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(absl::Duration, tls_refresh, absl::Seconds(60),
+          "How often the TLS files are read again, so that a renewed certificate (a Secret "
+          "updated in place) serves new connections without a restart; whole seconds, 1s..1h; 0: "
+          "read once, at start.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).");
 ABSL_FLAG(std::string, metrics_listen, "",
@@ -188,6 +192,7 @@ int main(int argc, char** argv) {
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tls_refresh = absl::GetFlag(FLAGS_tls_refresh);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   const size_t queue_count = options.queues.size();
   const bool tls = !options.tls_cert_file.empty();

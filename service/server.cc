@@ -9,6 +9,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/match.h"
@@ -44,19 +46,41 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and a key");
   }
+  // Read once here, so that a missing or malformed file stops the start with
+  // its name.
+  const bool mutual = !options.tls_client_ca_file.empty();
   absl::StatusOr<std::string> cert = ReadPemFile("tls_cert", options.tls_cert_file);
   if (!cert.ok()) return cert.status();
   absl::StatusOr<std::string> key = ReadPemFile("tls_key", options.tls_key_file);
   if (!key.ok()) return key.status();
-  grpc::SslServerCredentialsOptions ssl;
-  ssl.pem_key_cert_pairs.push_back({*key, *cert});
-  if (!options.tls_client_ca_file.empty()) {
-    absl::StatusOr<std::string> ca = ReadPemFile("tls_client_ca", options.tls_client_ca_file);
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *ca;
-    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  absl::StatusOr<std::string> ca = std::string();
+  if (mutual) ca = ReadPemFile("tls_client_ca", options.tls_client_ca_file);
+  if (!ca.ok()) return ca.status();
+  if (options.tls_refresh == absl::ZeroDuration()) {  // these contents until a restart
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (mutual) {
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    return grpc::SslServerCredentials(ssl);
   }
-  return grpc::SslServerCredentials(ssl);
+  // gRPC's watcher reads the files again every tls_refresh. New connections
+  // get what it read last: a renewed pair that does not load (a key that
+  // does not match its certificate) fails their handshakes, logged, until
+  // the files are right again.
+  const auto refresh = static_cast<unsigned int>(absl::ToInt64Seconds(options.tls_refresh));
+  auto files = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      options.tls_key_file, options.tls_cert_file, options.tls_client_ca_file, refresh);
+  grpc::experimental::TlsServerCredentialsOptions tls(files);
+  tls.watch_identity_key_cert_pairs();
+  if (mutual) {
+    tls.watch_root_certs();
+    tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(tls);
 }
 
 // host:port with a port in 0..65535 (0: any free port), or unix:path.
@@ -136,6 +160,13 @@ absl::Status CheckOptions(const ServerOptions& options) {
   }
   if (options.max_retained_bytes < 0) {
     return absl::InvalidArgumentError("max retained bytes must be >= 0");
+  }
+  if ((options.tls_refresh != absl::ZeroDuration() && options.tls_refresh < absl::Seconds(1)) ||
+      options.tls_refresh > absl::Hours(1) ||
+      options.tls_refresh != absl::Seconds(absl::ToInt64Seconds(options.tls_refresh))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tls_refresh must be 0 (read once) or whole seconds from 1s to 1h, got ",
+                     absl::FormatDuration(options.tls_refresh)));
   }
   if (options.max_receive_message_bytes < 1024) {
     return absl::InvalidArgumentError("max receive message size must be >= 1024 bytes");

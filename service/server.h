@@ -86,6 +86,11 @@ struct ServerOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;
+  // How often the TLS files are read again: a renewed certificate (a
+  // Kubernetes Secret updated in place, cert-manager's renewal) is served to
+  // new connections without a restart. Whole seconds, 1 s to 1 h; 0 reads
+  // them once, at start.
+  absl::Duration tls_refresh = absl::Seconds(60);
 
   // Prometheus endpoint (host:port, path /metrics); empty: none. Port 0 picks
   // a free port (see metrics_port()).

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -102,11 +103,13 @@ TEST(SecurityTest, TlsServesTlsClientsAndRefusesPlaintext) {
 
 // A server that requires client certificates from the test CA, and a test
 // client that has one.
-TestServerOptions MutualTlsOptions(const Certificates& certs) {
+TestServerOptions MutualTlsOptions(const Certificates& certs,
+                                   absl::Duration refresh = absl::Seconds(60)) {
   TestServerOptions options;
   options.tls_cert_file = certs.path("server.pem");
   options.tls_key_file = certs.path("server.key");
   options.tls_client_ca_file = certs.path("ca.pem");
+  options.tls_refresh = refresh;
   grpc::SslCredentialsOptions with_cert;
   with_cert.pem_root_certs = certs.pem("ca.pem");
   with_cert.pem_private_key = certs.pem("client.key");
@@ -118,12 +121,15 @@ TestServerOptions MutualTlsOptions(const Certificates& certs) {
 TEST(SecurityTest, MutualTlsRequiresAClientCertificateFromTheCa) {
   Certificates certs;
   ASSERT_TRUE(certs.ok());
-  TestServer ts(MutualTlsOptions(certs));
-  EXPECT_TRUE(ListQueues(ts.stub()).ok());
-  grpc::SslCredentialsOptions without_cert;
-  without_cert.pem_root_certs = certs.pem("ca.pem");
-  auto anonymous = StubWith(ts.address(), grpc::SslCredentials(without_cert));
-  EXPECT_EQ(ListQueues(*anonymous).error_code(), grpc::StatusCode::UNAVAILABLE);
+  // Files watched (the default) and read once (--tls_refresh=0).
+  for (absl::Duration refresh : {absl::Seconds(60), absl::ZeroDuration()}) {
+    TestServer ts(MutualTlsOptions(certs, refresh));
+    EXPECT_TRUE(ListQueues(ts.stub()).ok());
+    grpc::SslCredentialsOptions without_cert;
+    without_cert.pem_root_certs = certs.pem("ca.pem");
+    auto anonymous = StubWith(ts.address(), grpc::SslCredentials(without_cert));
+    EXPECT_EQ(ListQueues(*anonymous).error_code(), grpc::StatusCode::UNAVAILABLE);
+  }
 }
 
 // matchctl's exit status for `queues` against `address` with `flags`.
@@ -147,6 +153,49 @@ TEST(SecurityTest, MatchctlSpeaksTlsAndMutualTls) {
   EXPECT_EQ(MatchctlQueues(address, ca), 1);  // no client certificate: refused
   EXPECT_EQ(MatchctlQueues(address, ""), 1);  // plaintext: refused
   EXPECT_EQ(MatchctlQueues(address, "--tls_cert " + certs.path("client.pem")), 2);  // usage
+}
+
+// A certificate renewed in place (as Kubernetes updates a mounted Secret) is
+// served to new connections without a restart.
+TEST(SecurityTest, ARenewedCertificateIsServedWithoutARestart) {
+  Certificates first, second;  // each with its own CA
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(second.ok());
+  char tmpl[] = "/tmp/matchd_tls_live_XXXXXX";
+  const std::string live = mkdtemp(tmpl);
+  // Replaces dir/name by rename, as the kubelet swaps a Secret's files.
+  auto install = [&](const Certificates& from, const std::string& file, const std::string& name) {
+    const std::string tmp = live + "/." + name;
+    std::ofstream(tmp) << from.pem(file);
+    return std::rename(tmp.c_str(), (live + "/" + name).c_str()) == 0;
+  };
+  ASSERT_TRUE(install(first, "server.pem", "tls.crt") && install(first, "server.key", "tls.key"));
+  TestServerOptions options;
+  options.tls_cert_file = live + "/tls.crt";
+  options.tls_key_file = live + "/tls.key";
+  options.tls_refresh = absl::Seconds(1);
+  grpc::SslCredentialsOptions trusts_first, trusts_second;
+  trusts_first.pem_root_certs = first.pem("ca.pem");
+  trusts_second.pem_root_certs = second.pem("ca.pem");
+  options.channel_credentials = grpc::SslCredentials(trusts_first);
+  TestServer ts(options);
+  // A fresh connection each time (StubWith uses a subchannel pool of its own).
+  auto call = [&](const grpc::SslCredentialsOptions& trust) {
+    return ListQueues(*StubWith(ts.address(), grpc::SslCredentials(trust))).error_code();
+  };
+  EXPECT_EQ(call(trusts_first), grpc::StatusCode::OK);
+  EXPECT_EQ(call(trusts_second), grpc::StatusCode::UNAVAILABLE);
+
+  ASSERT_TRUE(install(second, "server.key", "tls.key") && install(second, "server.pem", "tls.crt"));
+  // The server reads the files again every second; give it up to 30.
+  grpc::StatusCode renewed = grpc::StatusCode::UNAVAILABLE;
+  for (const absl::Time end = absl::Now() + absl::Seconds(30);
+       renewed != grpc::StatusCode::OK && absl::Now() < end;) {
+    renewed = call(trusts_second);
+  }
+  EXPECT_EQ(renewed, grpc::StatusCode::OK);
+  EXPECT_EQ(call(trusts_first), grpc::StatusCode::UNAVAILABLE);
+  std::system(("rm -rf " + live).c_str());
 }
 
 TEST(SecurityTest, BadTlsFilesAreRefusedAtStart) {
@@ -214,6 +263,10 @@ TEST(StartTest, OptionsOutOfRangeAreRefusedAtStart) {
       {[](ServerOptions& o) { o.metrics_listen = "127.0.0.1:-1"; },
        "metrics address must be host:port with a port in 0..65535 (0: any free port), got"},
       {[](ServerOptions& o) { o.max_retained_bytes = -1; }, "max retained bytes must be >= 0"},
+      {[](ServerOptions& o) { o.tls_refresh = absl::Milliseconds(1500); },
+       "tls_refresh must be 0 (read once) or whole seconds from 1s to 1h, got 1.5s"},
+      {[](ServerOptions& o) { o.tls_refresh = absl::Hours(2); },
+       "tls_refresh must be 0 (read once) or whole seconds from 1s to 1h, got 2h"},
       {[](ServerOptions& o) { o.max_waiting_bytes = 1000; },
        "max waiting bytes must be >= 1048576 (1 MiB: room for the largest valid ticket), got 1000"},
       {[](ServerOptions& o) { o.threads = 2000; }, "threads must be in 0..256"},

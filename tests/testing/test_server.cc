@@ -53,6 +53,7 @@ TestServer::TestServer(TestServerOptions options) {
   server_options.tls_cert_file = options.tls_cert_file;
   server_options.tls_key_file = options.tls_key_file;
   server_options.tls_client_ca_file = options.tls_client_ca_file;
+  server_options.tls_refresh = options.tls_refresh;
   server_options.metrics_listen = options.metrics_listen;
   auto server = MatchmakerServer::Start(std::move(server_options));
   EXPECT_TRUE(server.ok()) << server.status();

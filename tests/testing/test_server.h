@@ -32,6 +32,7 @@ struct TestServerOptions {
   absl::Duration keepalive_time = absl::Seconds(30);
   absl::Duration keepalive_timeout = absl::Seconds(10);
   std::string tls_cert_file, tls_key_file, tls_client_ca_file;
+  absl::Duration tls_refresh = absl::Seconds(60);
   // Credentials of the test's own channel; plaintext if null.
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
   std::string metrics_listen;
