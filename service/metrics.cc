@@ -81,8 +81,9 @@ Metrics::Queue::Queue()
 
 Metrics::Loop::Loop() : lag(LagBuckets()) {}
 
-Metrics::Metrics(std::vector<std::string> queue_names, int loops)
-    : queue_names_(std::move(queue_names)) {
+Metrics::Metrics(std::vector<std::string> queue_names, int loops,
+                 int64_t waiting_party_bytes_limit)
+    : queue_names_(std::move(queue_names)), waiting_party_bytes_limit_(waiting_party_bytes_limit) {
   for (size_t i = 0; i < queue_names_.size(); ++i) queues_.push_back(std::make_unique<Queue>());
   for (int i = 0; i < loops; ++i) loops_.push_back(std::make_unique<Loop>());
 }
@@ -172,8 +173,21 @@ std::vector<prometheus::MetricFamily> Metrics::Collect() const {
   info.gauge.value = 1;
   build.metric.push_back(std::move(info));
 
+  auto party_bytes = Family("matchd_waiting_party_bytes",
+                            "Bytes of waiting tickets' parties, all queues, as counted against "
+                            "--max_waiting_bytes (twice their serialized size).",
+                            MetricType::Gauge);
+  party_bytes.metric.push_back(Labelled({}));
+  party_bytes.metric.back().gauge.value =
+      static_cast<double>(waiting_party_bytes.load(std::memory_order_relaxed));
+  auto party_limit = Family("matchd_waiting_party_bytes_limit",
+                            "--max_waiting_bytes: new tickets are refused beyond it.",
+                            MetricType::Gauge);
+  party_limit.metric.push_back(Labelled({}));
+  party_limit.metric.back().gauge.value = static_cast<double>(waiting_party_bytes_limit_);
+
   std::vector<prometheus::MetricFamily> families;
-  for (auto* family : {&build, &created, &ended, &waiting, &max_wait, &matches, &wait, &spread, &gap, &rpcs, &lag}) {
+  for (auto* family : {&build, &party_bytes, &party_limit, &created, &ended, &waiting, &max_wait, &matches, &wait, &spread, &gap, &rpcs, &lag}) {
     families.push_back(std::move(*family));
   }
   return families;

@@ -96,7 +96,7 @@ class Metrics final : public prometheus::Collectable {
     OwnedHistogram team_gap;
   };
 
-  Metrics(std::vector<std::string> queue_names, int loops);
+  Metrics(std::vector<std::string> queue_names, int loops, int64_t waiting_party_bytes_limit);
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
@@ -107,6 +107,11 @@ class Metrics final : public prometheus::Collectable {
 
   std::vector<prometheus::MetricFamily> Collect() const override;
 
+  // The bytes of waiting parties, all queues together, as admission counts
+  // them against --max_waiting_bytes (QueueRuntime::Admit and Finish, from
+  // any loop). Kept here so that a scrape reads the one counter there is.
+  std::atomic<int64_t> waiting_party_bytes{0};
+
  private:
   struct alignas(64) Loop {
     Loop();
@@ -115,6 +120,7 @@ class Metrics final : public prometheus::Collectable {
   };
 
   const std::vector<std::string> queue_names_;
+  const int64_t waiting_party_bytes_limit_;
   std::vector<std::unique_ptr<Queue>> queues_;
   std::vector<std::unique_ptr<Loop>> loops_;
 };

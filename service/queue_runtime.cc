@@ -94,7 +94,7 @@ struct QueueRuntime::Ticket {
   // Finished: its share of retained_bytes_ (RetainedBytes), 0 before.
   int64_t retained_bytes = 0;
   // Its party's serialized size, doubled for protobuf's objects: its share of
-  // Runtime::active_bytes while active, and part of RetainedBytes after.
+  // Metrics::waiting_party_bytes while active, and part of RetainedBytes after.
   int64_t party_bytes = 0;
 
   bool active() const { return state == mm::Ticket::QUEUED || state == mm::Ticket::DETACHED; }
@@ -238,9 +238,9 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
                                                      " waiting tickets; retry later or elsewhere"));
   }
   const int64_t byte_limit = runtime_->limits.max_waiting_bytes;
-  if (const int64_t held = runtime_->active_bytes.fetch_add(party_bytes);
+  if (const int64_t held = runtime_->metrics->waiting_party_bytes.fetch_add(party_bytes);
       held + party_bytes > byte_limit) {
-    runtime_->active_bytes.fetch_sub(party_bytes);
+    runtime_->metrics->waiting_party_bytes.fetch_sub(party_bytes);
     runtime_->active_tickets.fetch_sub(1);
     return absl::ResourceExhaustedError(absl::StrCat(
         "server is at its capacity for waiting parties: they hold ", held, " of the ", byte_limit,
@@ -249,7 +249,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
   }
   // Undoes the two reservations above when the ticket cannot be added.
   auto unreserve = [&] {
-    runtime_->active_bytes.fetch_sub(party_bytes);
+    runtime_->metrics->waiting_party_bytes.fetch_sub(party_bytes);
     runtime_->active_tickets.fetch_sub(1);
   };
   Ticket* fresh = NewTicket();
@@ -700,7 +700,7 @@ void QueueRuntime::Finish(Ticket& t, State state, std::string detail,
     ReleasePlayers(t);  // (a matched ticket's players left in OnMatched)
     --active_;
     runtime_->active_tickets.fetch_sub(1);
-    runtime_->active_bytes.fetch_sub(t.party_bytes);
+    runtime_->metrics->waiting_party_bytes.fetch_sub(t.party_bytes);
     if (t.partition != 0) ReleasePartition(t.partition_key);
     switch (state) {
       case mm::Ticket::MATCHED:

@@ -75,8 +75,6 @@ struct Runtime {
   std::atomic<bool> draining{false};
   // Tickets not yet in a terminal state, all queues together.
   std::atomic<int64_t> active_tickets{0};
-  // Their parties' bytes as QueueRuntime counts them (Ticket::party_bytes).
-  std::atomic<int64_t> active_bytes{0};
 
   QueueRuntime* FindQueue(const std::string& name) const;
 

@@ -224,7 +224,8 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.stalled_write_after = options.keepalive_time + options.keepalive_timeout;
   std::vector<std::string> queue_names;
   for (const QueueSettings& q : options.queues) queue_names.push_back(q.name);
-  rt.metrics = std::make_shared<Metrics>(std::move(queue_names), threads);
+  rt.metrics =
+      std::make_shared<Metrics>(std::move(queue_names), threads, options.max_waiting_bytes);
 
   if (!options.metrics_listen.empty()) {
     try {

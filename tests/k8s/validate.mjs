@@ -451,7 +451,8 @@ for (const [name, objects] of Object.entries(renders)) policy(name, objects);
 
 // matchd's metrics (docs/OPERATIONS.md); histograms also as _bucket/_sum/_count.
 const METRICS = ["matchd_tickets_created_total", "matchd_tickets_ended_total", "matchd_tickets_waiting",
-  "matchd_queue_max_wait_seconds", "matchd_matches_total", "matchd_rpcs_total", "matchd_build_info"];
+  "matchd_queue_max_wait_seconds", "matchd_matches_total", "matchd_rpcs_total", "matchd_build_info",
+  "matchd_waiting_party_bytes", "matchd_waiting_party_bytes_limit"];
 const HISTOGRAMS = ["matchd_ticket_wait_seconds", "matchd_match_rating_spread", "matchd_match_team_gap",
   "matchd_event_loop_lag_seconds"];
 const knownSeries = new Set([...METRICS, ...HISTOGRAMS.flatMap((h) => [`${h}_bucket`, `${h}_sum`, `${h}_count`])]);

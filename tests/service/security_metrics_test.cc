@@ -342,7 +342,7 @@ double Sample(const std::string& text, const std::string& name,
   std::istringstream lines(text);
   std::string line;
   while (std::getline(lines, line)) {
-    if (line.rfind(name + "{", 0) != 0) continue;
+    if (line.rfind(name + "{", 0) != 0 && line.rfind(name + " ", 0) != 0) continue;
     bool all = true;
     for (const auto& l : labels) all = all && line.find(l) != std::string::npos;
     if (all) return std::stod(line.substr(line.rfind(' ') + 1));
@@ -380,6 +380,10 @@ TEST(MetricsTest, PrometheusEndpointCountsTicketsMatchesAndRpcs) {
   EXPECT_EQ(Sample(text, "matchd_rpcs_total", {"method=\"FindMatch\"", "code=\"NOT_FOUND\""}),
             1);
   EXPECT_THAT(text, HasSubstr("matchd_event_loop_lag_seconds_bucket{"));
+  // Carol's party is the one waiting: counted at twice its serialized size.
+  EXPECT_EQ(Sample(text, "matchd_waiting_party_bytes", {}),
+            2 * static_cast<double>(MakePlayer("carol", 1500).ByteSizeLong()));
+  EXPECT_EQ(Sample(text, "matchd_waiting_party_bytes_limit", {}), double{int64_t{1} << 30});
   EXPECT_EQ(Sample(text, "matchd_build_info",
                    {"version=\"" + std::string(Version()) + "\"",
                     "grpc_version=\"" + GrpcVersion() + "\""}),
@@ -404,7 +408,7 @@ const prometheus::ClientMetric* Find(const std::vector<prometheus::MetricFamily>
 }
 
 TEST(MetricsTest, EachLoopCountsItsOwnRpcsAndACollectSumsThem) {
-  Metrics metrics({"duel"}, 2);
+  Metrics metrics({"duel"}, 2, kMinWaitingBytes);
   constexpr int kPerLoop = 20000;
   std::atomic<bool> writing{true};
   // A scrape while the loops write: each sum only grows (and TSan checks the
@@ -449,7 +453,7 @@ TEST(MetricsTest, EachLoopCountsItsOwnRpcsAndACollectSumsThem) {
 }
 
 TEST(MetricsTest, HistogramBucketsAreCumulativeAndEndWithInf) {
-  Metrics metrics({"duel", "team"}, 1);
+  Metrics metrics({"duel", "team"}, 1, kMinWaitingBytes);
   Metrics::Queue& team = metrics.queue(1);
   team.wait_seconds.Observe(0.01);   // on the first bound: in it (le="0.01")
   team.wait_seconds.Observe(0.011);  // the second bucket
