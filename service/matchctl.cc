@@ -81,8 +81,7 @@ commands:
   get    TICKET_ID                                 show a ticket
   cancel TICKET_ID                                 cancel a ticket
   watch  TICKET_ID [--after_seq N]                 stream a ticket's events
-  queues                                           list the queues
-flags: --help lists them all)";
+  queues                                           list the queues)";
 
 constexpr absl::Duration kDefaultUnaryTimeout = absl::Seconds(10);
 
@@ -116,7 +115,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials() {
 }
 
 int Usage(const std::string& message) {
-  std::cerr << "matchctl: " << message << "\n" << kUsage << std::endl;
+  std::cerr << "matchctl: " << message << "\n" << kUsage << "\nflags: --help lists them all"
+            << std::endl;
   return 2;
 }
 
