@@ -89,6 +89,9 @@ ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written to this file once serving (useful with port 0).");
 ABSL_FLAG(bool, print_default_config, false, "Print the embedded default config and exit.");
+ABSL_FLAG(bool, check_config, false,
+          "Check the configuration (--config, or the embedded default) and exit: 0 and its "
+          "queues on stdout if it is valid, 2 and the problem on stderr if not. Binds no port.");
 
 namespace {
 
@@ -169,6 +172,13 @@ int main(int argc, char** argv) {
     matchd::Log(matchd::LogLevel::kError, "bad configuration",
                 {{"error", queues.status().message()}});
     return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    std::cout << (config_path.empty() ? "embedded default" : config_path) << ": valid, "
+              << queues->size() << (queues->size() == 1 ? " queue:" : " queues:");
+    for (const matchd::QueueSettings& q : *queues) std::cout << " " << q.name;
+    std::cout << "\n";
+    return 0;
   }
   matchd::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);

@@ -465,6 +465,27 @@ class MatchdCommandLineTest(unittest.TestCase):
         self.assertIn('--drain_timeout (default: ', done.stdout)
         self.assertNotIn('--flagfile', done.stdout)
 
+    def test_check_config_validates_without_serving(self):
+        tmp = tempfile.mkdtemp(prefix='matchd_e2e_')
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        good = os.path.join(tmp, 'good.json')
+        with open(good, 'w') as f:
+            f.write('{"queues": [{"name": "duel", "teamCount": 2, "teamSize": 1}]}')
+        done = self.run_matchd('--check_config', '--config', good)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout, good + ': valid, 1 queue: duel\n')
+        self.assertNotIn('serving', done.stderr)
+        bad = os.path.join(tmp, 'bad.json')
+        with open(bad, 'w') as f:
+            f.write('{"queues": [{"name": "duel", "teamCount": 2}]}')
+        done = self.run_matchd('--check_config', '--config', bad)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn('teamSize is required', done.stderr)
+        done = self.run_matchd('--check_config')
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertTrue(done.stdout.startswith('embedded default: valid, 4 queues: duel '),
+                        done.stdout)
+
     def test_version_names_the_build_and_exits_zero(self):
         done = self.run_matchd('--version')
         self.assertEqual(done.returncode, 0, done.stderr)
