@@ -91,8 +91,10 @@ RUN apt-get update -qq \
 COPY --from=builder /out/lib/ /usr/local/lib/
 COPY --from=builder /out/bin/ /usr/local/bin/
 COPY config/default.json /etc/matchd/config.json
-# Every library resolves and the binary runs.
-RUN ldconfig && /usr/local/bin/matchd --print_default_config > /dev/null
+# Every library resolves, the binary runs (its version and gRPC in the build
+# log) and the shipped queue file loads.
+RUN ldconfig && /usr/local/bin/matchd --version \
+ && /usr/local/bin/matchd --check_config --config /etc/matchd/config.json
 
 # Non-root, numeric (Kubernetes' runAsNonRoot can only verify a numeric user).
 USER 65532:65532
