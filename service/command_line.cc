@@ -101,6 +101,8 @@ void PrintFlags(std::ostream& out) {
     out << "  --" << flag->Name() << " (default: " << flag->DefaultValue() << ")\n      "
         << flag->Help() << "\n";
   }
+  // ParseFlags' own (CommandLine::version); last, as it sorts.
+  out << "  --version\n      Print the program's version and the gRPC and protobuf it runs on.\n";
 }
 
 absl::StatusOr<std::string> ReadPemFile(const std::string& flag, const std::string& path) {

@@ -29,7 +29,7 @@ struct CommandLine {
 CommandLine ParseFlags(int argc, char** argv);
 
 // Each flag the program defines (not abseil's own), sorted by name, with its
-// default and help text.
+// default and help text, then --version.
 void PrintFlags(std::ostream& out);
 
 // The text of the PEM file a flag names (--flag: the flag's name, without

@@ -399,7 +399,6 @@ int main(int argc, char** argv) {
   if (command_line.help) {
     std::cout << kUsage << "\nflags:\n";
     matchd::PrintFlags(std::cout);
-    std::cout << "  --version\n      Print matchctl's version and the gRPC and protobuf it runs on.\n";
     return 0;
   }
   if (command_line.version) {  // like --help: wins over anything after it

@@ -49,6 +49,8 @@
 #include <utility>
 #include <vector>
 
+#include "bench/sim/model_flags.h"
+
 namespace {
 
 struct Waiting {
@@ -97,18 +99,7 @@ int main(int argc, char** argv) {
       {"tickets", 10000}, {"length", 200}, {"seed", 1},    {"wait_cost", 1},
       {"window", 1},      {"policy", 0},   {"samples", 64}, {"horizon", 3},
       {"reach", 8},       {"max_gap", 3},  {"pairs", 0},   {"terminal", 1}};
-  for (int a = 1; a < argc; ++a) {
-    const std::string arg = argv[a];
-    const size_t eq = arg.find('=');
-    const std::string name =
-        arg.rfind("--", 0) == 0 && eq != std::string::npos ? arg.substr(2, eq - 2) : "";
-    if (!flag.count(name)) {
-      std::fprintf(stderr, "lookahead_model: unknown argument %s (see the source's header)\n",
-                   argv[a]);
-      return 2;
-    }
-    flag[name] = std::atof(arg.c_str() + eq + 1);
-  }
+  if (!matchd::sim::ParseModelFlags(argc, argv, "lookahead_model", &flag)) return 2;
   const int n = static_cast<int>(flag["tickets"]);
   const double length = flag["length"], window = flag["window"], wait_cost = flag["wait_cost"];
   const double reach = flag["reach"], horizon = flag["horizon"], max_gap = flag["max_gap"];

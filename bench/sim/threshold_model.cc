@@ -38,6 +38,8 @@
 #include <string>
 #include <vector>
 
+#include "bench/sim/model_flags.h"
+
 namespace {
 
 double Density(double rating) {
@@ -59,18 +61,7 @@ int main(int argc, char** argv) {
       {"rate", 10},       {"tickets", 200000},     {"wait_cost", 0},
       {"widen", 4},       {"initial_window", 0},   {"exponent", 0.5},
       {"pair_factor", 1}, {"spacing_exponent", 0}, {"widen_exponent", 0}};
-  for (int a = 1; a < argc; ++a) {
-    const std::string arg = argv[a];
-    const size_t eq = arg.find('=');
-    const std::string name =
-        arg.rfind("--", 0) == 0 && eq != std::string::npos ? arg.substr(2, eq - 2) : "";
-    if (!flag.count(name)) {
-      std::fprintf(stderr, "threshold_model: unknown argument %s (see the source's header)\n",
-                   argv[a]);
-      return 2;
-    }
-    flag[name] = std::atof(arg.c_str() + eq + 1);
-  }
+  if (!matchd::sim::ParseModelFlags(argc, argv, "threshold_model", &flag)) return 2;
   const double rate = flag["rate"], cost = flag["wait_cost"], widen = flag["widen"];
   const double initial = flag["initial_window"];
   const int n = static_cast<int>(flag["tickets"]);
