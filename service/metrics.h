@@ -111,6 +111,8 @@ class Metrics final : public prometheus::Collectable {
   // them against --max_waiting_bytes (QueueRuntime::Admit and Finish, from
   // any loop). Kept here so that a scrape reads the one counter there is.
   std::atomic<int64_t> waiting_party_bytes{0};
+  // ServerOptions::max_waiting_bytes, which admission holds it to.
+  int64_t waiting_party_bytes_limit() const { return waiting_party_bytes_limit_; }
 
  private:
   struct alignas(64) Loop {

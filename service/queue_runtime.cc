@@ -237,7 +237,7 @@ absl::StatusOr<QueueRuntime::Ticket*> QueueRuntime::Admit(
     return absl::ResourceExhaustedError(absl::StrCat("server is at its capacity of ", limit,
                                                      " waiting tickets; retry later or elsewhere"));
   }
-  const int64_t byte_limit = runtime_->limits.max_waiting_bytes;
+  const int64_t byte_limit = runtime_->metrics->waiting_party_bytes_limit();
   if (const int64_t held = runtime_->metrics->waiting_party_bytes.fetch_add(party_bytes);
       held + party_bytes > byte_limit) {
     runtime_->metrics->waiting_party_bytes.fetch_sub(party_bytes);

@@ -45,7 +45,6 @@ struct RuntimeLimits {
   absl::Duration queued_delay = absl::Milliseconds(50);  // ServerOptions::queued_delay
   absl::Duration ticket_retention = absl::Seconds(60);
   int64_t max_waiting_tickets = 1'000'000;  // across all queues
-  int64_t max_waiting_bytes = int64_t{1} << 30;  // ServerOptions::max_waiting_bytes
   // Finished tickets kept per queue for GetTicket/WatchTicket; beyond it the
   // oldest go before their retention ends, so memory stays bounded at any rate.
   int64_t max_retained_tickets = 100'000;

@@ -217,7 +217,6 @@ absl::StatusOr<std::unique_ptr<MatchmakerServer>> MatchmakerServer::Start(
   rt.limits.queued_delay = options.queued_delay;
   rt.limits.ticket_retention = options.ticket_retention;
   rt.limits.max_waiting_tickets = options.max_waiting_tickets;
-  rt.limits.max_waiting_bytes = options.max_waiting_bytes;
   rt.limits.max_retained_tickets = options.max_retained_tickets;
   rt.limits.max_retained_bytes_per_queue =
       options.max_retained_bytes / static_cast<int64_t>(options.queues.size());
